@@ -1,0 +1,12 @@
+"""gunicorn settings for the Procfile's web process (Heroku-style)."""
+import os
+
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread"
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"  # stdout
+errorlog = "-"
+forwarded_allow_ips = "*"  # the router is the only way in; ProxyFix trusts one hop

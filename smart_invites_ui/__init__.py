@@ -1,0 +1,58 @@
+"""Smart Invites UI: trackable calendar invites for scheduling staff."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import config as settings
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True,
+                template_folder="../templates", static_folder="../static")
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_mapping(settings.from_environment(dict(os.environ), app.instance_path))
+    if test_config:
+        app.config.update(test_config)
+    settings.check(app.config, debug=app.debug, testing=app.config.get("TESTING", False))
+    _logging(app)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)
+
+    from .extensions import csrf, db, limiter, login_manager, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    login_manager.init_app(app)
+    login_manager.session_protection = "strong"
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    from . import admin, auth, health, invites, mailcatcher, security, webhooks
+
+    security.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(invites.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(mailcatcher.bp)
+    app.register_blueprint(admin.bp)
+
+    from . import cli, views
+
+    cli.init_app(app)
+    views.init_app(app)
+    return app
+
+
+def _logging(app: Flask) -> None:
+    # Heroku-style: logs go to stdout, one line each.
+    if not any(isinstance(h, logging.StreamHandler) for h in logging.getLogger().handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

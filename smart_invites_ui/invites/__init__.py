@@ -1,0 +1,237 @@
+"""Pages for staff: list, create, watch live, change and cancel invites."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from ..domain import ITipMethod, RecipientStatus
+from ..extensions import db
+from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply
+from ..services import invites as service
+from ..services.invite_mail import invite_ics
+from ..services.providers import ProviderError
+from .forms import ActionForm, AddRecipientsForm, EventForm, NewInviteForm
+
+bp = Blueprint("invites", __name__, url_prefix="/invites")
+
+
+def _invite_or_404(invite_id: int) -> Invite:
+    invite = db.session.get(Invite, invite_id)
+    if invite is None:
+        abort(404)
+    return invite
+
+
+def _recipient_or_404(invite: Invite, recipient_id: int) -> Recipient:
+    recipient = db.session.get(Recipient, recipient_id)
+    if recipient is None or recipient.invite_id != invite.id:
+        abort(404)
+    return recipient
+
+
+def _apply_errors(form, errors: dict[str, str]) -> None:
+    for field_name, message in errors.items():
+        field = getattr(form, field_name, None)
+        if field is not None and hasattr(field, "errors"):
+            field.errors = [*field.errors, message]
+        else:
+            form.form_errors.append(message)
+
+
+@bp.get("")
+def index():
+    q = request.args.get("q", "").strip()
+    status = request.args.get("status", "")
+    if status not in dict(service.ListFilter.CHOICES):
+        status = ""
+    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    per_page = 25
+    rows, total = service.list_invites(q, status, page, per_page)
+    pages = max((total + per_page - 1) // per_page, 1)
+    return render_template("invites/index.html", rows=rows, total=total, q=q, status=status, page=page,
+                           pages=pages, filters=service.ListFilter.CHOICES,
+                           attention=service.attention_count())
+
+
+@bp.route("/new", methods=["GET", "POST"])
+def new():
+    form = NewInviteForm()
+    if request.method == "GET":
+        form.tzid.data = current_user.timezone or "UTC"
+        form.organizer_name.data = current_user.name
+        return render_template("invites/new.html", form=form)
+    if form.validate_on_submit():
+        event = form.event()
+        recipients = form.recipient_list()
+        if event is not None and recipients is not None:
+            try:
+                invite = service.create_invite(
+                    event=event, recipients=recipients, smart_invite_id=form.smart_invite_id.data,
+                    organizer_name=form.organizer_name.data or "", created_by=current_user)
+            except service.InviteError as exc:
+                _apply_errors(form, exc.errors)
+            except ProviderError as exc:
+                form.form_errors.append(f"The invite provider refused it: {exc}")
+            else:
+                flash(f"Invite sent to {len(recipients)} recipient{'s' if len(recipients) != 1 else ''}.",
+                      "success")
+                return redirect(url_for(".show", invite_id=invite.id))
+    else:
+        form.recipient_list() if form.recipients.data else None
+    return render_template("invites/new.html", form=form), 422
+
+
+def _detail_context(invite: Invite) -> dict:
+    replies = db.session.scalars(
+        select(Reply).where(Reply.invite_id == invite.id).order_by(Reply.received_at.desc(), Reply.id.desc())
+    ).all()
+    emails = db.session.scalars(
+        select(OutboxMessage).where(OutboxMessage.invite_id == invite.id, OutboxMessage.kind == OutboxKind.EMAIL)
+        .order_by(OutboxMessage.id.desc())
+    ).all()
+    return dict(invite=invite, replies=replies, emails=emails, action_form=ActionForm(),
+                live=not invite.is_cancelled and not invite.is_past)
+
+
+@bp.get("/<int:invite_id>")
+def show(invite_id: int):
+    invite = _invite_or_404(invite_id)
+    return render_template("invites/show.html", add_form=AddRecipientsForm(), **_detail_context(invite))
+
+
+@bp.get("/<int:invite_id>/live")
+def live(invite_id: int):
+    """The polled fragment: 204 when the page already shows this version."""
+    version = db.session.scalar(select(Invite.version).where(Invite.id == invite_id))
+    if version is None:
+        abort(404)
+    if request.args.get("v", type=int) == version:
+        return Response(status=204)
+    invite = _invite_or_404(invite_id)
+    return render_template("invites/_live.html", **_detail_context(invite))
+
+
+@bp.get("/<int:invite_id>/invite.ics")
+def download_ics(invite_id: int):
+    invite = _invite_or_404(invite_id)
+    method = ITipMethod.CANCEL if invite.is_cancelled else ITipMethod.REQUEST
+    body = invite.provider_ics if invite.provider_ics and not invite.is_cancelled else invite_ics(invite, method)
+    filename = f"{invite.smart_invite_id}.ics".replace('"', "")
+    return Response(body, mimetype="text/calendar", headers={
+        "Content-Disposition": f"attachment; filename=\"{_ascii_filename(filename)}\""})
+
+
+def _ascii_filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "invite.ics"
+
+
+@bp.route("/<int:invite_id>/edit", methods=["GET", "POST"])
+def edit(invite_id: int):
+    invite = _invite_or_404(invite_id)
+    if invite.is_cancelled:
+        flash("A cancelled invite cannot be changed.", "error")
+        return redirect(url_for(".show", invite_id=invite.id))
+    form = EventForm(obj=None)
+    if request.method == "GET":
+        form.summary.data = invite.summary
+        form.description.data = invite.description
+        form.location.data = invite.location
+        form.tzid.data = invite.tzid
+        form.start.data = service.local_datetime(invite.start, invite.tzid).replace(tzinfo=None)
+        form.end.data = service.local_datetime(invite.end, invite.tzid).replace(tzinfo=None)
+        form.organizer_name.data = invite.organizer_name
+        return render_template("invites/edit.html", form=form, invite=invite)
+    if form.validate_on_submit():
+        event = form.event(base=invite.event)
+        if event is not None:
+            try:
+                changed = service.update_event(invite, event, organizer_name=form.organizer_name.data or "")
+            except service.InviteError as exc:
+                db.session.rollback()
+                _apply_errors(form, exc.errors)
+            except ProviderError as exc:
+                db.session.rollback()
+                form.form_errors.append(f"The invite provider refused the change: {exc}")
+            else:
+                if changed:
+                    flash("Invite updated; everyone invited gets the new version.", "success")
+                else:
+                    flash("Nothing changed, so nothing was sent.", "info")
+                return redirect(url_for(".show", invite_id=invite.id))
+    return render_template("invites/edit.html", form=form, invite=invite), 422
+
+
+def _action(invite_id: int, do, success: str, recipient_id: int | None = None):
+    """Run one staff action from a button; errors come back as a flash message."""
+    invite = _invite_or_404(invite_id)
+    recipient = _recipient_or_404(invite, recipient_id) if recipient_id is not None else None
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        do(invite, recipient) if recipient is not None else do(invite)
+    except (service.InviteError, ProviderError) as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+    else:
+        flash(success.format(email=recipient.email if recipient else ""), "success")
+    return redirect(url_for(".show", invite_id=invite_id))
+
+
+@bp.post("/<int:invite_id>/recipients")
+def add_recipients(invite_id: int):
+    invite = _invite_or_404(invite_id)
+    form = AddRecipientsForm()
+    if form.validate_on_submit():
+        recipients = form.recipient_list()
+        if recipients:
+            try:
+                added = service.add_recipients(invite, recipients)
+            except (service.InviteError, ProviderError) as exc:
+                db.session.rollback()
+                form.recipients.errors = [*form.recipients.errors, str(exc)]
+            else:
+                flash(f"Invited {', '.join(r.email for r in added)}.", "success")
+                return redirect(url_for(".show", invite_id=invite.id))
+    return render_template("invites/show.html", add_form=form, **_detail_context(invite)), 422
+
+
+@bp.post("/<int:invite_id>/recipients/<int:recipient_id>/remove")
+def remove_recipient(invite_id: int, recipient_id: int):
+    return _action(invite_id, service.remove_recipient, "Removed {email}; they get a cancellation.", recipient_id)
+
+
+@bp.post("/<int:invite_id>/recipients/<int:recipient_id>/resend")
+def resend(invite_id: int, recipient_id: int):
+    return _action(invite_id, service.resend, "Sent the invite to {email} again.", recipient_id)
+
+
+@bp.post("/<int:invite_id>/recipients/<int:recipient_id>/accept-proposal")
+def accept_proposal(invite_id: int, recipient_id: int):
+    return _action(invite_id, service.accept_proposal,
+                   "Moved the event to the time {email} proposed; everyone gets the new time.", recipient_id)
+
+
+@bp.post("/<int:invite_id>/recipients/<int:recipient_id>/dismiss")
+def dismiss(invite_id: int, recipient_id: int):
+    return _action(invite_id, service.dismiss_attention, "Marked {email}'s reply as dealt with.", recipient_id)
+
+
+@bp.post("/<int:invite_id>/cancel")
+def cancel(invite_id: int):
+    return _action(invite_id, service.cancel_invite, "Invite cancelled; everyone invited gets a cancellation.")
+
+
+@bp.app_template_filter("localtime")
+def localtime_filter(value: datetime | None, tzid: str = "UTC", fmt: str = "%a %d %b %Y, %H:%M") -> str:
+    if value is None:
+        return ""
+    return service.local_datetime(value, tzid or "UTC").strftime(fmt)
+
+
+@bp.app_context_processor
+def status_values() -> dict:
+    return {"RecipientStatus": RecipientStatus}

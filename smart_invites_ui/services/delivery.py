@@ -1,0 +1,56 @@
+"""How each kind of outbox row is delivered: emails over SMTP (or into the mail
+catcher when SMTP_URL is unset), callbacks over HTTPS with their signature."""
+from __future__ import annotations
+
+from email.policy import SMTP
+
+from flask import current_app
+
+from ..domain import ITipMethod, RecipientStatus
+from ..extensions import db
+from ..models import Invite, OutboxMessage, Recipient
+from .invite_mail import compose, organizer_address
+from .mail import DeliveryError, SmtpSettings, SmtpTransport
+from .outbox import Outcome
+
+CATCHER = "catcher"
+
+
+class EmailDeliverer:
+    """Renders an invite email from the invite as it stands and sends it.
+
+    One instance lives for a batch, so the SMTP connection is reused.
+    """
+
+    def __init__(self, smtp_url: str | None):
+        self.transport = SmtpTransport(SmtpSettings.from_url(smtp_url)) if smtp_url else None
+
+    def __call__(self, message: OutboxMessage) -> Outcome:
+        invite = db.session.get(Invite, message.invite_id) if message.invite_id else None
+        recipient = db.session.get(Recipient, message.recipient_id) if message.recipient_id else None
+        if invite is None or recipient is None:
+            return Outcome(ok=False, retry=False, error="the invite or recipient no longer exists")
+        method = ITipMethod(message.method)
+        if method == ITipMethod.REQUEST and (invite.is_cancelled or recipient.status == RecipientStatus.REMOVED):
+            return Outcome(ok=False, error="superseded")  # a CANCEL has been queued for them instead
+        email = compose(invite, recipient, method, message.payload)
+        message.rendered = email.as_bytes(policy=SMTP)
+        message.subject = str(email["Subject"])
+        message.sequence = invite.sequence
+        if self.transport is None:
+            message.transport = CATCHER
+            return Outcome(ok=True)
+        message.transport = "smtp"
+        try:
+            self.transport.send(message.rendered, from_addr=organizer_address(invite), to_addrs=[recipient.email])
+        except DeliveryError as exc:
+            return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
+        return Outcome(ok=True)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def email_deliverer() -> EmailDeliverer:
+    return EmailDeliverer(current_app.config["SMTP_URL"] or None)

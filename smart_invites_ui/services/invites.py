@@ -1,0 +1,401 @@
+"""Staff actions on invites (SPEC §6): each one is one transaction and queues its emails.
+
+Every function takes plain values, raises domain errors, and commits its own
+work; routes, the API and the CSV import all call these.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..domain import EventData, InviteSource, InviteStatus, ITipMethod, RecipientStatus
+from ..extensions import db
+from ..models import ApiClient, Invite, Recipient, User, now_utc
+from . import outbox, providers
+
+MAX_REFERENCE_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class InviteError(Exception):
+    """An action cannot be done; ``errors`` maps a field (or "") to a message."""
+
+    def __init__(self, errors: dict[str, str] | str):
+        self.errors = errors if isinstance(errors, dict) else {"": errors}
+        super().__init__("; ".join(f"{k}: {v}" if k else v for k, v in self.errors.items()))
+
+
+@dataclass(frozen=True)
+class NewRecipient:
+    email: str
+    name: str = ""
+
+
+def normalise_email(raw: str) -> str:
+    """Lower-cased, syntax-checked address; raises ValueError with a reason."""
+    try:
+        return validate_email(raw.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def parse_recipient_list(text: str) -> tuple[list[NewRecipient], list[str]]:
+    """Split "one per line or comma-separated" addresses; returns (valid, invalid)."""
+    valid: list[NewRecipient] = []
+    invalid: list[str] = []
+    seen: set[str] = set()
+    for chunk in re.split(r"[,;\n\r]+", text or ""):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        name, address = "", chunk
+        match = re.fullmatch(r"(.*?)\s*<([^<>]+)>", chunk)
+        if match:  # "Ann Example <ann@example.org>"
+            name, address = match.group(1).strip().strip('"'), match.group(2)
+        try:
+            email = normalise_email(address)
+        except ValueError:
+            invalid.append(chunk)
+            continue
+        if email not in seen:
+            seen.add(email)
+            valid.append(NewRecipient(email=email, name=name))
+    return valid, invalid
+
+
+def check_timezone(tzid: str) -> str:
+    try:
+        ZoneInfo(tzid)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{tzid!r} is not a known time zone") from None
+    return tzid
+
+
+def validate_event(event: EventData) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    if not event.summary.strip():
+        errors["summary"] = "Enter a title for the appointment."
+    elif len(event.summary) > 1000:
+        errors["summary"] = "Keep the title under 1,000 characters."
+    if event.end <= event.start:
+        errors["end"] = "The end must be after the start."
+    try:
+        check_timezone(event.tzid)
+    except ValueError as exc:
+        errors["tzid"] = str(exc)
+    return errors
+
+
+def validate_reference(reference: str) -> str | None:
+    if not reference:
+        return "The reference cannot be empty."
+    if len(reference) > MAX_REFERENCE_LENGTH:
+        return f"The reference must be at most {MAX_REFERENCE_LENGTH} characters."
+    if _CONTROL.search(reference):
+        return "The reference cannot contain control characters."
+    return None
+
+
+def new_reference() -> str:
+    return "INV-" + secrets.token_hex(5).upper()
+
+
+def _bump(invite: Invite, *, sequence: bool) -> None:
+    if sequence:
+        invite.sequence += 1
+    invite.version += 1
+    invite.updated_at = now_utc()
+
+
+def _commit(reference_field: str = "smart_invite_id") -> None:
+    try:
+        db.session.commit()
+    except IntegrityError as exc:
+        db.session.rollback()
+        raise InviteError({reference_field: "This reference is already used by another invite."}) from exc
+
+
+def _reset_replies(invite: Invite) -> None:
+    """A new time voids earlier answers: nobody has said yes to it yet."""
+    for recipient in invite.invited:
+        recipient.status = RecipientStatus.PENDING
+        recipient.set_proposal(None)
+        recipient.needs_attention = False
+
+
+def create_invite(
+    *,
+    event: EventData,
+    recipients: Sequence[NewRecipient],
+    smart_invite_id: str | None = None,
+    organizer_name: str = "",
+    source: InviteSource = InviteSource.DASHBOARD,
+    created_by: User | None = None,
+    api_client: ApiClient | None = None,
+    callback_url: str | None = None,
+    commit: bool = True,
+) -> Invite:
+    errors = validate_event(event)
+    if not recipients:
+        errors["recipients"] = "Add at least one recipient."
+    reference = (smart_invite_id or "").strip() or None
+    if reference is not None:
+        problem = validate_reference(reference)
+        if problem:
+            errors["smart_invite_id"] = problem
+        elif db.session.scalar(select(Invite.id).where(Invite.smart_invite_id == reference)):
+            errors["smart_invite_id"] = "This reference is already used by another invite."
+    if errors:
+        raise InviteError(errors)
+    while reference is None:
+        candidate = new_reference()
+        if not db.session.scalar(select(Invite.id).where(Invite.smart_invite_id == candidate)):
+            reference = candidate
+
+    invite = Invite(smart_invite_id=reference, organizer_name=organizer_name.strip(), source=source,
+                    created_by=created_by, api_client=api_client, callback_url=callback_url,
+                    sequence=0, version=1, status=InviteStatus.ACTIVE)
+    invite.set_event(event)
+    invite.recipients = [Recipient(email=r.email, name=r.name.strip()) for r in recipients]
+    db.session.add(invite)
+    db.session.flush()
+    _send(invite, providers.current().create(invite))
+    if commit:
+        _commit()
+    return invite
+
+
+def _send(invite: Invite, result: providers.ProviderResult, removed: Iterable[Recipient] = ()) -> None:
+    """Queue what SPEC §6 says a change sends: REQUEST to the invited, CANCEL to ``removed``."""
+    removed = list(removed)
+    if invite.is_cancelled:
+        for recipient in invite.invited:
+            outbox.queue_email(invite, recipient, ITipMethod.CANCEL, result.ics)
+        return
+    for recipient in removed:
+        outbox.queue_email(invite, recipient, ITipMethod.CANCEL, result.removed_ics)
+    for recipient in invite.invited:
+        outbox.queue_email(invite, recipient, ITipMethod.REQUEST, result.ics)
+
+
+def _require_active(invite: Invite) -> None:
+    if invite.is_cancelled:
+        raise InviteError("This invite is cancelled; it cannot be changed.")
+
+
+def update_event(invite: Invite, event: EventData, *, organizer_name: str | None = None,
+                 commit: bool = True) -> bool:
+    """Edit time, place or text. Returns False (and sends nothing) when nothing changed."""
+    _require_active(invite)
+    errors = validate_event(event)
+    if errors:
+        raise InviteError(errors)
+    time_changed = (event.start, event.end, event.all_day) != (invite.start, invite.end, invite.all_day)
+    organizer_changed = organizer_name is not None and organizer_name.strip() != invite.organizer_name
+    if organizer_changed:
+        invite.organizer_name = organizer_name.strip()
+    if not invite.set_event(event) and not organizer_changed:
+        return False
+    if time_changed:
+        _reset_replies(invite)
+    _bump(invite, sequence=True)
+    _send(invite, providers.current().update(invite))
+    if commit:
+        _commit()
+    return True
+
+
+def add_recipients(invite: Invite, new: Sequence[NewRecipient], *, commit: bool = True) -> list[Recipient]:
+    _require_active(invite)
+    added: list[Recipient] = []
+    for item in new:
+        existing = invite.recipient(item.email)
+        if existing is not None and existing.status != RecipientStatus.REMOVED:
+            continue  # already invited: adding again changes nothing
+        if existing is not None:  # invited again after removal
+            existing.status = RecipientStatus.PENDING
+            existing.comment = ""
+            existing.set_proposal(None)
+            existing.needs_attention = False
+            if item.name:
+                existing.name = item.name
+            added.append(existing)
+        else:
+            recipient = Recipient(email=item.email, name=item.name.strip())
+            invite.recipients.append(recipient)
+            added.append(recipient)
+    if not added:
+        raise InviteError({"recipients": "Everyone listed is already invited."})
+    _bump(invite, sequence=False)
+    db.session.flush()
+    _send(invite, providers.current().update(invite))
+    if commit:
+        _commit()
+    return added
+
+
+def remove_recipient(invite: Invite, recipient: Recipient, *, commit: bool = True) -> None:
+    _require_active(invite)
+    if recipient.status == RecipientStatus.REMOVED:
+        raise InviteError(f"{recipient.email} was already removed.")
+    if len(invite.invited) == 1:
+        raise InviteError("This is the last recipient: cancel the invite instead.")
+    recipient.status = RecipientStatus.REMOVED
+    recipient.needs_attention = False
+    _bump(invite, sequence=True)
+    _send(invite, providers.current().remove(invite, recipient), removed=[recipient])
+    if commit:
+        _commit()
+
+
+def cancel_invite(invite: Invite, *, commit: bool = True) -> None:
+    _require_active(invite)
+    invite.status = InviteStatus.CANCELLED
+    for recipient in invite.invited:
+        recipient.needs_attention = False
+    _bump(invite, sequence=True)
+    _send(invite, providers.current().cancel(invite))
+    if commit:
+        _commit()
+
+
+def accept_proposal(invite: Invite, recipient: Recipient, *, commit: bool = True) -> None:
+    """Move the event to the time the recipient proposed; they have in effect accepted it."""
+    _require_active(invite)
+    proposal = recipient.proposal
+    if proposal is None:
+        raise InviteError(f"{recipient.email} has not proposed a new time.")
+    event = invite.event
+    moved = EventData(**{**event.__dict__, "start": proposal.start, "end": proposal.end, "all_day": False})
+    invite.set_event(moved)
+    _reset_replies(invite)
+    recipient.status = RecipientStatus.ACCEPTED
+    _bump(invite, sequence=True)
+    _send(invite, providers.current().update(invite))
+    if commit:
+        _commit()
+
+
+def dismiss_attention(invite: Invite, recipient: Recipient, *, commit: bool = True) -> None:
+    recipient.needs_attention = False
+    _bump(invite, sequence=False)
+    if commit:
+        _commit()
+
+
+def resend(invite: Invite, recipient: Recipient, *, commit: bool = True) -> None:
+    """Send the current ICS again to one person, with the same SEQUENCE."""
+    if invite.is_cancelled or recipient.status == RecipientStatus.REMOVED:
+        method = ITipMethod.CANCEL
+    else:
+        method = ITipMethod.REQUEST
+    outbox.queue_email(invite, recipient, method, invite.provider_ics if method == ITipMethod.REQUEST else None)
+    _bump(invite, sequence=False)
+    if commit:
+        _commit()
+
+
+# --- finding invites -------------------------------------------------------------
+
+class ListFilter:
+    ALL = ""
+    UPCOMING = "upcoming"
+    PAST = "past"
+    CANCELLED = "cancelled"
+    ATTENTION = "attention"
+    CHOICES = (
+        (ALL, "All"),
+        (UPCOMING, "Upcoming"),
+        (PAST, "Past"),
+        (CANCELLED, "Cancelled"),
+        (ATTENTION, "Needs attention"),
+    )
+
+
+@dataclass(frozen=True)
+class InviteRow:
+    invite: Invite
+    accepted: int
+    declined: int
+    tentative: int
+    pending: int
+    attention: int
+
+
+def _status_count(status: RecipientStatus):
+    return func.coalesce(func.sum(case((Recipient.status == status, 1), else_=0)), 0)
+
+
+def search_filters(q: str = "", status: str = "") -> list:
+    now = now_utc()
+    where: list = []
+    q = (q or "").strip()
+    if q:
+        recipient_match = exists().where(Recipient.invite_id == Invite.id,
+                                         Recipient.email.icontains(q, autoescape=True))
+        where.append(or_(Invite.summary.icontains(q, autoescape=True),
+                         Invite.smart_invite_id.icontains(q, autoescape=True),
+                         recipient_match))
+    if status == ListFilter.UPCOMING:
+        where += [Invite.status == InviteStatus.ACTIVE, Invite.end > now]
+    elif status == ListFilter.PAST:
+        where += [Invite.status == InviteStatus.ACTIVE, Invite.end <= now]
+    elif status == ListFilter.CANCELLED:
+        where.append(Invite.status == InviteStatus.CANCELLED)
+    elif status == ListFilter.ATTENTION:
+        where += [Invite.status == InviteStatus.ACTIVE,
+                  exists().where(Recipient.invite_id == Invite.id, Recipient.needs_attention.is_(True),
+                                 Recipient.status != RecipientStatus.REMOVED)]
+    return where
+
+
+def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 25) -> tuple[list[InviteRow], int]:
+    """Invites matching the search, upcoming first (soonest first), then past (latest first)."""
+    where = search_filters(q, status)
+    total = db.session.scalar(select(func.count()).select_from(Invite).where(*where)) or 0
+    now = now_utc()
+    is_past = case((Invite.end <= now, 1), else_=0)
+    invites = db.session.scalars(
+        select(Invite).where(*where)
+        .order_by(is_past, case((Invite.end > now, Invite.start)).asc(), Invite.start.desc(), Invite.id)
+        .offset((max(page, 1) - 1) * per_page).limit(per_page)
+    ).all()
+    counts: dict[int, tuple] = {}
+    if invites:
+        rows = db.session.execute(
+            select(Recipient.invite_id,
+                   _status_count(RecipientStatus.ACCEPTED), _status_count(RecipientStatus.DECLINED),
+                   _status_count(RecipientStatus.TENTATIVE), _status_count(RecipientStatus.PENDING),
+                   func.coalesce(func.sum(case((and_(Recipient.needs_attention.is_(True),
+                                                     Recipient.status != RecipientStatus.REMOVED), 1),
+                                               else_=0)), 0))
+            .where(Recipient.invite_id.in_([i.id for i in invites]))
+            .group_by(Recipient.invite_id)
+        ).all()
+        counts = {row[0]: tuple(int(v) for v in row[1:]) for row in rows}
+    return [InviteRow(i, *counts.get(i.id, (0, 0, 0, 0, 0))) for i in invites], total
+
+
+def get_by_reference(reference: str) -> Invite | None:
+    return db.session.scalar(select(Invite).where(Invite.smart_invite_id == reference))
+
+
+def attention_count() -> int:
+    return db.session.scalar(
+        select(func.count(func.distinct(Recipient.invite_id)))
+        .join(Invite, Invite.id == Recipient.invite_id)
+        .where(Invite.status == InviteStatus.ACTIVE, Recipient.needs_attention.is_(True),
+               Recipient.status != RecipientStatus.REMOVED)
+    ) or 0
+
+
+def local_datetime(value: datetime, tzid: str) -> datetime:
+    return value.astimezone(ZoneInfo(tzid))

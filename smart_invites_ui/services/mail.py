@@ -1,0 +1,153 @@
+"""The one place an invite email is built (SPEC §6), and the SMTP transport."""
+from __future__ import annotations
+
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+from datetime import datetime, timezone
+from urllib.parse import unquote, urlsplit
+
+from ..domain import ITipMethod
+
+
+def single_line(text: str) -> str:
+    """Header values are one line: CR/LF in user text must never start a new header."""
+    return " ".join(text.split())
+
+
+def build_invite_email(
+    *,
+    ics: bytes,
+    method: ITipMethod,
+    from_email: str,
+    from_name: str,
+    to_email: str,
+    to_name: str,
+    subject: str,
+    text: str,
+    html: str,
+    message_id_domain: str,
+) -> EmailMessage:
+    """multipart/mixed > multipart/alternative [text, html, text/calendar] + invite.ics."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = Address(display_name=single_line(from_name), addr_spec=from_email)
+    msg["To"] = Address(display_name=single_line(to_name), addr_spec=to_email)
+    msg["Subject"] = single_line(subject)
+    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Message-ID"] = make_msgid(domain=message_id_domain)
+
+    msg.set_content(text, subtype="plain", charset="utf-8")
+    msg.add_alternative(html, subtype="html", charset="utf-8")
+    calendar_text = ics.decode("utf-8")
+    # The email package refuses 7bit for non-ASCII text (INTEROP §1.10).
+    cte = "7bit" if calendar_text.isascii() else "quoted-printable"
+    msg.add_alternative(
+        calendar_text, subtype="calendar", charset="utf-8", cte=cte, params={"method": method.value}
+    )
+    msg.add_attachment(
+        ics, maintype="application", subtype="ics", filename="invite.ics", params={"method": method.value}
+    )
+    return msg
+
+
+class DeliveryError(Exception):
+    """A message could not be delivered. ``permanent`` means retrying will not help."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    implicit_tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> "SmtpSettings":
+        parts = urlsplit(url)
+        implicit_tls = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname or "localhost",
+            port=parts.port or (465 if implicit_tls else 587),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=implicit_tls,
+        )
+
+
+class SmtpTransport:
+    """Sends many messages over one SMTP connection, reconnecting when it drops.
+
+    ``smtp://`` upgrades with STARTTLS whenever the server offers it; ``smtps://``
+    uses TLS from the first byte.
+    """
+
+    def __init__(self, settings: SmtpSettings, *, timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None):
+        self.settings = settings
+        self.timeout = timeout
+        self.ssl_context = ssl_context or ssl.create_default_context()
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        if s.implicit_tls:
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=self.timeout, context=self.ssl_context)
+        else:
+            conn = smtplib.SMTP(s.host, s.port, timeout=self.timeout)
+            conn.ehlo()
+            if conn.has_extn("starttls"):
+                conn.starttls(context=self.ssl_context)
+                conn.ehlo()
+        if s.username:
+            conn.login(s.username, s.password or "")
+        return conn
+
+    def send(self, msg: EmailMessage | bytes, *, from_addr: str, to_addrs: list[str]) -> None:
+        data = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP)
+        for attempt in (1, 2):
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                refused = self._conn.sendmail(from_addr, to_addrs, data)
+                if refused:
+                    code, reason = next(iter(refused.values()))
+                    raise DeliveryError(f"SMTP {code}: {reason.decode(errors='replace')}", permanent=code >= 500)
+                return
+            except smtplib.SMTPServerDisconnected as exc:
+                self._conn = None
+                if attempt == 2:
+                    raise DeliveryError(f"SMTP server disconnected: {exc}") from exc
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, reason = next(iter(exc.recipients.values()))
+                raise DeliveryError(f"SMTP {code}: {reason.decode(errors='replace')}", permanent=code >= 500) from exc
+            except smtplib.SMTPResponseException as exc:
+                self.close()
+                message = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+                # Bad credentials are fixed by the operator, so keep retrying those.
+                permanent = 500 <= exc.smtp_code < 600 and not isinstance(exc, smtplib.SMTPAuthenticationError)
+                raise DeliveryError(f"SMTP {exc.smtp_code}: {message}", permanent=permanent) from exc
+            except (OSError, smtplib.SMTPException) as exc:
+                self.close()
+                raise DeliveryError(f"cannot reach SMTP server {self.settings.host}:{self.settings.port}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.quit()
+            except (OSError, smtplib.SMTPException):
+                pass  # the connection is going away either way
+            self._conn = None
+
+    def __enter__(self) -> "SmtpTransport":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

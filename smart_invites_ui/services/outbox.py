@@ -1,0 +1,214 @@
+"""The durable outbox (SPEC §2): queue in the caller's transaction, deliver from the worker.
+
+Emails are queued as an intent (invite, recipient, method) and rendered at
+delivery from the invite as it then stands: a queued email that a newer one to
+the same recipient replaces is marked superseded, so nobody gets an outdated
+update after a fresher one. Callbacks carry their exact JSON body.
+
+Claiming works the same on PostgreSQL and SQLite: candidate rows are read with
+``FOR UPDATE SKIP LOCKED`` (ignored by SQLite, whose writes are serialised) and
+taken with a conditional UPDATE stamped with the worker's claim token, so two
+workers never take the same row. A claim is a lease: a row whose worker died is
+claimed again once ``lease_until`` has passed.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from sqlalchemy import and_, or_, select, update
+
+from ..domain import ITipMethod
+from ..extensions import db
+from ..models import Invite, OutboxKind, OutboxMessage, OutboxState, Recipient, now_utc
+
+log = logging.getLogger(__name__)
+
+EMAIL_MAX_ATTEMPTS = 12  # about a day with the backoff below
+
+
+def queue_email(invite: Invite, recipient: Recipient, method: ITipMethod, ics: bytes | None = None) -> OutboxMessage:
+    """Queue one invite email; supersedes any still-queued email to the same recipient."""
+    if invite.id is None or recipient.id is None:
+        db.session.flush()  # rows made in this transaction need their ids
+    db.session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.kind == OutboxKind.EMAIL,
+            OutboxMessage.recipient_id == recipient.id,
+            OutboxMessage.state == OutboxState.QUEUED,
+        )
+        .values(state=OutboxState.SUPERSEDED, last_error="replaced by a newer message")
+        .execution_options(synchronize_session=False)
+    )
+    message = OutboxMessage(
+        kind=OutboxKind.EMAIL,
+        state=OutboxState.QUEUED,
+        invite_id=invite.id,
+        recipient_id=recipient.id,
+        target=recipient.email,
+        method=method.value,
+        payload=ics,
+        next_attempt_at=now_utc(),
+    )
+    db.session.add(message)
+    return message
+
+
+def queue_callback(invite: Invite, url: str, body: bytes, api_client_id: int | None) -> OutboxMessage:
+    message = OutboxMessage(
+        kind=OutboxKind.CALLBACK,
+        state=OutboxState.QUEUED,
+        invite_id=invite.id,
+        target=url,
+        method="callback",
+        payload=body,
+        api_client_id=api_client_id,
+        next_attempt_at=now_utc(),
+    )
+    db.session.add(message)
+    return message
+
+
+def email_backoff(attempt: int) -> timedelta:
+    """Exponential backoff with jitter: ~30 s, 1 min, 2 min, ... capped at 4 h."""
+    base = min(30 * 2 ** (attempt - 1), 4 * 3600)
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
+    """Take up to ``batch_size`` due rows for this worker; returns their ids."""
+    now = now_utc()
+    due = or_(
+        and_(OutboxMessage.state == OutboxState.QUEUED, OutboxMessage.next_attempt_at <= now),
+        and_(OutboxMessage.state == OutboxState.SENDING, OutboxMessage.lease_until < now),
+    )
+    candidates = db.session.scalars(
+        select(OutboxMessage.id).where(due).order_by(OutboxMessage.id).limit(batch_size)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not candidates:
+        db.session.rollback()
+        return []
+    token = f"{worker_id}:{uuid.uuid4().hex[:12]}"
+    db.session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(candidates), due)
+        .values(state=OutboxState.SENDING, claimed_by=token,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                attempts=OutboxMessage.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return list(db.session.scalars(
+        select(OutboxMessage.id).where(OutboxMessage.claimed_by == token, OutboxMessage.state == OutboxState.SENDING)
+        .order_by(OutboxMessage.id)
+    ))
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    error: str = ""
+    retry: bool = True
+    status_code: int | None = None
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    superseded: int = 0
+    ids: list[int] = field(default_factory=list)
+
+
+def _bump_invite_version(invite_id: int | None) -> None:
+    if invite_id is not None:
+        db.session.execute(
+            update(Invite).where(Invite.id == invite_id).values(version=Invite.version + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def finish(message: OutboxMessage, outcome: Outcome, *, max_attempts: int, give_up_at: datetime | None = None) -> str:
+    """Record a delivery attempt's outcome on ``message`` (the caller commits)."""
+    now = now_utc()
+    message.claimed_by = None
+    message.lease_until = None
+    message.last_status_code = outcome.status_code
+    if outcome.ok:
+        message.state = OutboxState.SENT
+        message.sent_at = now
+        message.last_error = ""
+        result = "sent"
+    else:
+        message.last_error = outcome.error[:2000]
+        retry_at = now + email_backoff(message.attempts)
+        out_of_time = give_up_at is not None and retry_at > give_up_at
+        if outcome.retry and message.attempts < max_attempts and not out_of_time:
+            message.state = OutboxState.QUEUED
+            message.next_attempt_at = retry_at
+            result = "retried"
+        else:
+            message.state = OutboxState.FAILED
+            result = "failed"
+    _bump_invite_version(message.invite_id)
+    return result
+
+
+Deliverer = Callable[[OutboxMessage], Outcome]
+
+
+def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
+                    should_stop: Callable[[], bool] = lambda: False) -> DeliveryStats:
+    """Deliver claimed rows one by one, committing each outcome as soon as it is known.
+
+    Rows left when ``should_stop`` turns true are handed back (state queued) so
+    another worker can take them at once instead of waiting for the lease.
+    """
+    stats = DeliveryStats(ids=list(ids))
+    for index, message_id in enumerate(ids):
+        if should_stop():
+            db.session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids[index:]), OutboxMessage.state == OutboxState.SENDING)
+                .values(state=OutboxState.QUEUED, claimed_by=None, lease_until=None,
+                        attempts=OutboxMessage.attempts - 1)
+                .execution_options(synchronize_session=False)
+            )
+            db.session.commit()
+            break
+        message = db.session.get(OutboxMessage, message_id)
+        if message is None or message.state != OutboxState.SENDING:
+            continue
+        try:
+            outcome = deliverers[message.kind](message)
+        except Exception as exc:  # a bug must not stall the whole outbox
+            log.exception("outbox message %s failed", message_id)
+            outcome = Outcome(ok=False, error=f"internal error: {exc!r}", retry=True)
+        if outcome.error == "superseded":
+            message.state = OutboxState.SUPERSEDED
+            message.claimed_by = None
+            stats.superseded += 1
+        else:
+            result = finish(message, outcome, max_attempts=max_attempts_for(message),
+                            give_up_at=give_up_for(message))
+            setattr(stats, result, getattr(stats, result) + 1)
+        db.session.commit()
+    return stats
+
+
+def max_attempts_for(message: OutboxMessage) -> int:
+    return EMAIL_MAX_ATTEMPTS if message.kind == OutboxKind.EMAIL else 1000
+
+
+def give_up_for(message: OutboxMessage) -> datetime | None:
+    if message.kind == OutboxKind.CALLBACK:
+        return message.created_at + timedelta(hours=24)
+    return None
+

@@ -1,0 +1,45 @@
+"""App-wide pages and handlers: the home redirect and friendly error pages."""
+from __future__ import annotations
+
+from flask import Flask, jsonify, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(("/v1/", "/webhooks/", "/inbound/", "/healthz"))
+
+
+def init_app(app: Flask) -> None:
+    @app.get("/")
+    def home():
+        return redirect(url_for("invites.index"))
+
+    def error_page(status: int, title: str, message: str):
+        if _wants_json():
+            return jsonify(error=message), status
+        return render_template("error.html", status=status, title=title, message=message), status
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return error_page(400, "Form expired", "This form has expired or was not sent by this site. "
+                                               "Go back, reload the page and try again.")
+
+    @app.errorhandler(400)
+    def bad_request(exc):
+        return error_page(400, "Bad request", getattr(exc, "description", "The request was not understood."))
+
+    @app.errorhandler(403)
+    def forbidden(exc):
+        return error_page(403, "Not allowed", "Only an admin can open this page.")
+
+    @app.errorhandler(404)
+    def not_found(exc):
+        return error_page(404, "Not found", "There is nothing at this address.")
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        return error_page(413, "Too large", "What was sent is larger than this app accepts.")
+
+    @app.errorhandler(429)
+    def too_many(exc):
+        return error_page(429, "Too many attempts", "Too many attempts: wait a minute and try again.")

@@ -1,0 +1,88 @@
+"""``flask --app app worker``: delivers the outbox (and polls IMAP when configured).
+
+SIGTERM or SIGINT asks it to stop: the message in hand is finished, the rest of
+the batch is handed back, and the process exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from flask import Flask, current_app
+
+from .extensions import db
+from .models import OutboxKind
+from .services import outbox
+from .services.delivery import email_deliverer
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, app: Flask, worker_id: str | None = None):
+        self.app = app
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.stop_event = threading.Event()
+
+    def run_once(self) -> outbox.DeliveryStats:
+        """Claim and deliver one batch; returns what happened."""
+        with self.app.app_context():
+            config = current_app.config
+            ids = outbox.claim(config["OUTBOX_BATCH_SIZE"], self.worker_id, config["OUTBOX_LEASE_SECONDS"])
+            if not ids:
+                return outbox.DeliveryStats()
+            emails = email_deliverer()
+            try:
+                return outbox.deliver_claimed(ids, self.deliverers(emails), should_stop=self.stop_event.is_set)
+            finally:
+                emails.close()
+                db.session.remove()
+
+    def deliverers(self, emails) -> dict:
+        from .services.callback_delivery import deliver_callback_message
+
+        return {OutboxKind.EMAIL: emails, OutboxKind.CALLBACK: deliver_callback_message}
+
+    def run_until_idle(self, max_batches: int = 1000) -> None:
+        """Deliver everything that is due now (tests and one-off runs)."""
+        for _ in range(max_batches):
+            stats = self.run_once()
+            if not stats.ids:
+                return
+
+    def run(self) -> None:
+        poll = self.app.config["WORKER_POLL_SECONDS"]
+        log.info("worker %s started", self.worker_id)
+        while not self.stop_event.is_set():
+            try:
+                stats = self.run_once()
+                self.run_hooks()
+            except Exception:  # keep the worker alive through a database blip
+                log.exception("worker iteration failed")
+                stats = outbox.DeliveryStats()
+                self.stop_event.wait(5)
+            if not stats.ids:
+                self.stop_event.wait(poll)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_hooks(self) -> None:
+        """Other background duties (IMAP polling, imports) that features register
+        in ``app.extensions["worker_hooks"]``; each is called with the worker."""
+        for hook in self.app.extensions.get("worker_hooks", []):
+            with self.app.app_context():
+                try:
+                    hook(self)
+                finally:
+                    db.session.remove()
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum, frame):
+            log.info("received signal %s, finishing the message in hand", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+

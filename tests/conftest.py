@@ -1,0 +1,210 @@
+"""Shared fixtures: the app on SQLite or on PostgreSQL (TEST_DATABASE_URL), a
+logged-in client, a real SMTP server on loopback, and small factories."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from datetime import datetime, timedelta, timezone
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+import pytest
+from sqlalchemy import text
+
+from smart_invites_ui import create_app
+from smart_invites_ui.domain import EventData, InviteSource
+from smart_invites_ui.extensions import db
+from smart_invites_ui.models import Role
+from smart_invites_ui.services import invites as invite_service
+from smart_invites_ui.services import users as user_service
+
+PASSWORD = "a long enough password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def _schema(database_url, tmp_path_factory):
+    """Build the schema once per run with the real migrations (``flask db upgrade``)."""
+    from flask_migrate import upgrade
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": _driver_url(database_url)})
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))
+        db.session.remove()
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        upgrade()
+    return True
+
+
+def _driver_url(url: str) -> str:
+    from smart_invites_ui.config import database_url
+
+    return database_url(url, "/tmp")
+
+
+def _clear(app) -> None:
+    with app.app_context():
+        tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.begin() as conn:
+                conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        else:
+            with db.engine.begin() as conn:
+                for table in tables:
+                    conn.execute(text(f'DELETE FROM "{table}"'))
+
+
+def make_app(database_url: str, **overrides):
+    config = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key",
+        "SQLALCHEMY_DATABASE_URI": _driver_url(database_url),
+        "RATELIMIT_ENABLED": False,
+        "SMTP_URL": "",
+        "CRONOFY_CLIENT_SECRETS": ("test-cronofy-secret",),
+        "ALLOW_PRIVATE_CALLBACK_URLS": True,
+        "WORKER_POLL_SECONDS": 0.05,
+    }
+    config.update(overrides)
+    app = create_app(config)
+
+    @app.before_request
+    def fresh_g():
+        # Tests keep an app context pushed, which requests would share; in production
+        # each request has its own, so give each request a fresh ``g`` (CSRF token, user).
+        from flask import g
+
+        g.__dict__.clear()
+
+    return app
+
+
+@pytest.fixture
+def app(database_url, _schema):
+    app = make_app(database_url)
+    _clear(app)
+    with app.app_context():
+        yield app
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def csrf_from(html: str) -> str:
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or re.search(
+        r'"X-CSRFToken": "([^"]+)"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+class Auth:
+    """Log in as a user made on the fly; ``post`` sends a form with a valid CSRF token."""
+
+    def __init__(self, client):
+        self.client = client
+        self.user = None
+
+    def login(self, email="staff@example.org", role=Role.STAFF, timezone_name="Europe/London"):
+        self.user = user_service.find_by_email(email) or user_service.create_user(
+            email, PASSWORD, role, name="Sam Staff", timezone=timezone_name)
+        page = self.client.get("/login")
+        response = self.client.post("/login", data={"email": email, "password": PASSWORD,
+                                                    "csrf_token": csrf_from(page.get_data(as_text=True))})
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return self.user
+
+    def token(self) -> str:
+        return csrf_from(self.client.get("/invites/new").get_data(as_text=True))
+
+    def post(self, url, data=None, **kwargs):
+        data = dict(data or {})
+        data.setdefault("csrf_token", self.token())
+        return self.client.post(url, data=data, **kwargs)
+
+
+@pytest.fixture
+def auth(client):
+    return Auth(client)
+
+
+def future(days=7, hour=9, minute=0) -> datetime:
+    base = datetime.now(timezone.utc).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return base + timedelta(days=days)
+
+
+def make_event(**overrides) -> EventData:
+    start = overrides.pop("start", future())
+    values = dict(summary="Dental check-up", start=start, end=start + timedelta(minutes=30),
+                  tzid="Europe/London", location="Room 3", description="Bring your forms.")
+    values.update(overrides)
+    return EventData(**values)
+
+
+def make_invite(emails=("ann@example.org", "bob@example.org"), reference=None, **event_overrides):
+    return invite_service.create_invite(
+        event=make_event(**event_overrides),
+        recipients=[invite_service.NewRecipient(e) for e in emails],
+        smart_invite_id=reference, organizer_name="Riverside Clinic", source=InviteSource.DASHBOARD)
+
+
+# --- a real SMTP server on loopback ----------------------------------------------------
+
+class SmtpSink:
+    def __init__(self):
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        return "250 OK"
+
+    def parsed(self):
+        return [message_from_bytes(raw, policy=default_policy) for _, _, raw in self.messages]
+
+
+@pytest.fixture
+def smtp_server():
+    from aiosmtpd.controller import Controller
+
+    sink = SmtpSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    sink.url = f"smtp://127.0.0.1:{controller.port}"
+    sink.controller = controller
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture
+def deliver(app):
+    """Run the worker until nothing is due (what `flask worker` does in a loop)."""
+    from smart_invites_ui.worker import Worker
+
+    def run():
+        Worker(app, worker_id="test").run_until_idle()
+        db.session.expire_all()
+
+    return run
