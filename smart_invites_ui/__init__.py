@@ -25,6 +25,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .extensions import csrf, db, limiter, login_manager, migrate
 
     db.init_app(app)
+    with app.app_context():
+        _tune_sqlite(db.engine)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     login_manager.init_app(app)
     login_manager.session_protection = "strong"
@@ -46,6 +48,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     cli.init_app(app)
     views.init_app(app)
     return app
+
+
+def _tune_sqlite(engine) -> None:
+    """The embedded default is shared by the web and worker processes: WAL lets
+    readers run beside the one writer, and a busy timeout waits out short locks."""
+    if engine.dialect.name != "sqlite":
+        return
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
 
 
 def _logging(app: Flask) -> None:

@@ -86,6 +86,7 @@ def from_environment(environ: dict[str, str], instance_path: str) -> dict:
         "DEMO_MODE": _bool(environ.get("DEMO_MODE")),
         "DEFAULT_TIMEZONE": environ.get("DEFAULT_TIMEZONE", "UTC"),
         "RATELIMIT_STORAGE_URI": environ.get("RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_ENABLED": _bool(environ.get("RATELIMIT_ENABLED"), default=True),
         "WTF_CSRF_TIME_LIMIT": None,  # tokens live as long as the session
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

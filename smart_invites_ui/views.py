@@ -1,8 +1,29 @@
 """App-wide pages and handlers: the home redirect and friendly error pages."""
 from __future__ import annotations
 
-from flask import Flask, jsonify, redirect, render_template, request, url_for
+from flask import Flask, current_app, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user
 from flask_wtf.csrf import CSRFError
+
+# The top navigation: (endpoint, label, admins only). Features that are not
+# registered in this app are left out.
+NAVIGATION = (
+    ("invites.index", "Invites", False),
+    ("invites.new", "New invite", False),
+    ("imports.index", "Import", False),
+    ("mailcatcher.index", "Mail catcher", False),
+    ("inbound.index", "Inbound mail", True),
+    ("api_admin.clients", "API clients", True),
+    ("api_admin.deliveries", "Callbacks", True),
+    ("admin.users", "Users", True),
+)
+
+
+def nav_links() -> list[tuple[str, str]]:
+    if not current_user.is_authenticated:
+        return []
+    return [(endpoint, label) for endpoint, label, admin_only in NAVIGATION
+            if endpoint in current_app.view_functions and (current_user.is_admin or not admin_only)]
 
 
 def _wants_json() -> bool:
@@ -10,6 +31,8 @@ def _wants_json() -> bool:
 
 
 def init_app(app: Flask) -> None:
+    app.jinja_env.globals["nav_links"] = nav_links
+
     @app.get("/")
     def home():
         return redirect(url_for("invites.index"))

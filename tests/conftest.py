@@ -208,3 +208,84 @@ def deliver(app):
         db.session.expire_all()
 
     return run
+
+
+# --- the app served for real: gunicorn (and the worker) in subprocesses ----------------
+
+class LiveServer:
+    """A gunicorn process serving the app, optionally with a `flask worker` beside it."""
+
+    def __init__(self, url: str, env: dict, processes: list):
+        self.url = url
+        self.env = env
+        self.processes = processes
+
+    def stop(self) -> None:
+        import signal
+
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=15)
+            except Exception:
+                proc.kill()
+
+
+def start_live_server(database_url: str, *, worker: bool = True, extra_env: dict | None = None,
+                      log_dir=None) -> LiveServer:
+    """Start gunicorn as the Procfile does (and the worker), wait until /healthz answers."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "live-test-secret-key",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "ALLOW_PRIVATE_CALLBACK_URLS": "true",
+        "CRONOFY_CLIENT_SECRET": "test-cronofy-secret",
+        "WORKER_POLL_SECONDS": "0.2",
+        "RATELIMIT_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("SMTP_URL", None)
+    env.update(extra_env or {})
+    bin_dir = Path(sys.executable).parent
+    log_dir = Path(log_dir or root / "instance")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes = [subprocess.Popen(
+        [str(bin_dir / "gunicorn"), "app:app", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"],
+        cwd=root, env=env, stdout=open(log_dir / f"web-{port}.log", "wb"), stderr=subprocess.STDOUT)]
+    if worker:
+        processes.append(subprocess.Popen(
+            [str(bin_dir / "flask"), "--app", "app", "worker"], cwd=root, env=env,
+            stdout=open(log_dir / f"worker-{port}.log", "wb"), stderr=subprocess.STDOUT))
+    server = LiveServer(f"http://127.0.0.1:{port}", env, processes)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(server.url + "/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline or processes[0].poll() is not None:
+            server.stop()
+            raise RuntimeError(f"gunicorn did not start; see {log_dir}/web-{port}.log")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def live_server(app, database_url):
+    """The app served by gunicorn + worker against the test database (cleared per test)."""
+    server = start_live_server(database_url)
+    yield server
+    server.stop()
