@@ -13,7 +13,7 @@ from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply
 from ..services import invites as service
 from ..services.invite_mail import invite_ics
 from ..services.providers import ProviderError
-from .forms import ActionForm, AddRecipientsForm, EventForm, NewInviteForm
+from .forms import ActionForm, AddRecipientsForm, EventForm, NewInviteForm, timezone_choices
 
 bp = Blueprint("invites", __name__, url_prefix="/invites")
 
@@ -47,7 +47,7 @@ def index():
     status = request.args.get("status", "")
     if status not in dict(service.ListFilter.CHOICES):
         status = ""
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = min(max(request.args.get("page", 1, type=int) or 1, 1), 100_000)  # a huge OFFSET is a database error
     per_page = 25
     rows, total = service.list_invites(q, status, page, per_page)
     pages = max((total + per_page - 1) // per_page, 1)
@@ -74,6 +74,7 @@ def new():
             except service.InviteError as exc:
                 _apply_errors(form, exc.errors)
             except ProviderError as exc:
+                db.session.rollback()  # the invite was flushed before the provider was asked
                 form.form_errors.append(f"The invite provider refused it: {exc}")
             else:
                 flash(f"Invite sent to {len(recipients)} recipient{'s' if len(recipients) != 1 else ''}.",
@@ -125,7 +126,8 @@ def download_ics(invite_id: int):
 
 
 def _ascii_filename(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "invite.ics"
+    # ASCII only: WSGI servers send header values as Latin-1 and fail on anything else.
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name) or "invite.ics"
 
 
 @bp.route("/<int:invite_id>/edit", methods=["GET", "POST"])
@@ -135,6 +137,8 @@ def edit(invite_id: int):
         flash("A cancelled invite cannot be changed.", "error")
         return redirect(url_for(".show", invite_id=invite.id))
     form = EventForm(obj=None)
+    if invite.tzid not in dict(timezone_choices()):  # e.g. "Etc/GMT-3" from the API or an import
+        form.tzid.choices = [(invite.tzid, invite.tzid), *timezone_choices()]
     if request.method == "GET":
         form.summary.data = invite.summary
         form.description.data = invite.description
@@ -184,6 +188,9 @@ def _action(invite_id: int, do, success: str, recipient_id: int | None = None):
 @bp.post("/<int:invite_id>/recipients")
 def add_recipients(invite_id: int):
     invite = _invite_or_404(invite_id)
+    if invite.is_cancelled:  # the page has no form to show the error on
+        flash("A cancelled invite cannot be changed.", "error")
+        return redirect(url_for(".show", invite_id=invite.id))
     form = AddRecipientsForm()
     if form.validate_on_submit():
         recipients = form.recipient_list()
@@ -230,6 +237,17 @@ def localtime_filter(value: datetime | None, tzid: str = "UTC", fmt: str = "%a %
     if value is None:
         return ""
     return service.local_datetime(value, tzid or "UTC").strftime(fmt)
+
+
+@bp.app_template_filter("timerange")
+def timerange_filter(start: datetime | None, end: datetime | None, tzid: str = "UTC") -> str:
+    """"Tue 05 Jan 2027, 09:00 – 09:30", with the end's date only when it differs."""
+    if start is None or end is None:
+        return ""
+    first = service.local_datetime(start, tzid or "UTC")
+    last = service.local_datetime(end, tzid or "UTC")
+    end_format = "%H:%M" if first.date() == last.date() else "%a %d %b %Y, %H:%M"
+    return f"{first:%a %d %b %Y, %H:%M} – {last.strftime(end_format)}"
 
 
 @bp.app_context_processor

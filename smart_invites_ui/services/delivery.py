@@ -10,7 +10,7 @@ from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
 from ..models import Invite, OutboxMessage, Recipient
 from .invite_mail import compose, organizer_address
-from .mail import DeliveryError, SmtpSettings, SmtpTransport
+from .mail import DeliveryError, SmtpSettings, SmtpTransport, ascii_address
 from .outbox import Outcome
 
 CATCHER = "catcher"
@@ -33,7 +33,10 @@ class EmailDeliverer:
         method = ITipMethod(message.method)
         if method == ITipMethod.REQUEST and (invite.is_cancelled or recipient.status == RecipientStatus.REMOVED):
             return Outcome(ok=False, error="superseded")  # a CANCEL has been queued for them instead
-        email = compose(invite, recipient, method, message.payload)
+        try:
+            email = compose(invite, recipient, method, message.payload)
+        except DeliveryError as exc:  # an address no SMTP server can take
+            return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
         message.rendered = email.as_bytes(policy=SMTP)
         message.subject = str(email["Subject"])
         message.sequence = invite.sequence
@@ -42,7 +45,8 @@ class EmailDeliverer:
             return Outcome(ok=True)
         message.transport = "smtp"
         try:
-            self.transport.send(message.rendered, from_addr=organizer_address(invite), to_addrs=[recipient.email])
+            self.transport.send(message.rendered, from_addr=ascii_address(organizer_address(invite)),
+                                to_addrs=[ascii_address(recipient.email)])
         except DeliveryError as exc:
             return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
         return Outcome(ok=True)

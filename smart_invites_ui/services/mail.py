@@ -11,12 +11,31 @@ from email.utils import format_datetime, make_msgid
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
 
+import idna
+
 from ..domain import ITipMethod
 
 
 def single_line(text: str) -> str:
     """Header values are one line: CR/LF in user text must never start a new header."""
     return " ".join(text.split())
+
+
+def ascii_address(address: str) -> str:
+    """The address as plain SMTP carries it: an internationalised domain in its
+    ASCII (punycode) form. A non-ASCII mailbox name would need SMTPUTF8, so that
+    message fails for good with a clear reason instead of garbling the headers."""
+    if address.isascii():
+        return address
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise DeliveryError(f"{address}: a mailbox name with non-ASCII letters cannot be sent without SMTPUTF8",
+                            permanent=True)
+    try:
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise DeliveryError(f"{address}: the domain cannot be written in ASCII ({exc})", permanent=True) from exc
+    return f"{local}@{domain}"
 
 
 def build_invite_email(
@@ -34,8 +53,8 @@ def build_invite_email(
 ) -> EmailMessage:
     """multipart/mixed > multipart/alternative [text, html, text/calendar] + invite.ics."""
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = Address(display_name=single_line(from_name), addr_spec=from_email)
-    msg["To"] = Address(display_name=single_line(to_name), addr_spec=to_email)
+    msg["From"] = Address(display_name=single_line(from_name), addr_spec=ascii_address(from_email))
+    msg["To"] = Address(display_name=single_line(to_name), addr_spec=ascii_address(to_email))
     msg["Subject"] = single_line(subject)
     msg["Date"] = format_datetime(datetime.now(timezone.utc))
     msg["Message-ID"] = make_msgid(domain=message_id_domain)
@@ -137,6 +156,9 @@ class SmtpTransport:
             except (OSError, smtplib.SMTPException) as exc:
                 self.close()
                 raise DeliveryError(f"cannot reach SMTP server {self.settings.host}:{self.settings.port}: {exc}") from exc
+            except Exception:
+                self.close()  # a transaction left half-way would make the next message fail too
+                raise
 
     def close(self) -> None:
         if self._conn is not None:

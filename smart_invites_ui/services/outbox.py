@@ -20,31 +20,40 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import and_, or_, select, update
+from flask import current_app, has_app_context
+from sqlalchemy import and_, insert, or_, select, update
 
-from ..domain import ITipMethod
+from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
 from ..models import Invite, OutboxKind, OutboxMessage, OutboxState, Recipient, now_utc
+from . import callbacks
 
 log = logging.getLogger(__name__)
 
 EMAIL_MAX_ATTEMPTS = 12  # about a day with the backoff below
 
 
-def queue_email(invite: Invite, recipient: Recipient, method: ITipMethod, ics: bytes | None = None) -> OutboxMessage:
-    """Queue one invite email; supersedes any still-queued email to the same recipient."""
+def queue_email(invite: Invite, recipient: Recipient, method: ITipMethod, ics: bytes | None = None,
+                *, supersede: bool = True) -> OutboxMessage:
+    """Queue one invite email; supersedes any still-queued email to the same recipient.
+
+    ``supersede=False`` for a recipient made in this transaction: nothing can be
+    queued for them yet, so the query is skipped (it counts when importing thousands).
+    """
     if invite.id is None or recipient.id is None:
         db.session.flush()  # rows made in this transaction need their ids
-    db.session.execute(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.kind == OutboxKind.EMAIL,
-            OutboxMessage.recipient_id == recipient.id,
-            OutboxMessage.state == OutboxState.QUEUED,
+    if supersede:
+        db.session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.invite_id == invite.id,  # indexed: the recipient's rows are among the invite's
+                OutboxMessage.kind == OutboxKind.EMAIL,
+                OutboxMessage.recipient_id == recipient.id,
+                OutboxMessage.state == OutboxState.QUEUED,
+            )
+            .values(state=OutboxState.SUPERSEDED, last_error="replaced by a newer message")
+            .execution_options(synchronize_session=False)
         )
-        .values(state=OutboxState.SUPERSEDED, last_error="replaced by a newer message")
-        .execution_options(synchronize_session=False)
-    )
     message = OutboxMessage(
         kind=OutboxKind.EMAIL,
         state=OutboxState.QUEUED,
@@ -57,6 +66,36 @@ def queue_email(invite: Invite, recipient: Recipient, method: ITipMethod, ics: b
     )
     db.session.add(message)
     return message
+
+
+def queue_new_emails(emails: list[tuple[int, int, str, ITipMethod, bytes | None]]) -> None:
+    """Queue emails (invite id, recipient id, address, method, ICS) to recipients made in this
+    transaction, in one multi-row INSERT (the CSV import): nothing can be waiting for them,
+    so nothing is superseded."""
+    if not emails:
+        return
+    now = now_utc()
+    db.session.execute(insert(OutboxMessage), [
+        {"kind": OutboxKind.EMAIL, "state": OutboxState.QUEUED, "invite_id": invite_id, "recipient_id": recipient_id,
+         "target": email, "method": method.value, "payload": ics, "next_attempt_at": now}
+        for invite_id, recipient_id, email, method, ics in emails
+    ])
+
+
+def supersede_queued_to_invited(invite_ids: list[int]) -> None:
+    """What queue_email does per recipient, for everyone still invited to these invites at
+    once (the CSV import, before re-sending them all): their queued emails are superseded."""
+    if not invite_ids:
+        return
+    invited = select(Recipient.id).where(Recipient.invite_id.in_(invite_ids),
+                                         Recipient.status != RecipientStatus.REMOVED)
+    db.session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.invite_id.in_(invite_ids), OutboxMessage.kind == OutboxKind.EMAIL,
+               OutboxMessage.state == OutboxState.QUEUED, OutboxMessage.recipient_id.in_(invited))
+        .values(state=OutboxState.SUPERSEDED, last_error="replaced by a newer message")
+        .execution_options(synchronize_session=False)
+    )
 
 
 def queue_callback(invite: Invite, url: str, body: bytes, api_client_id: int | None) -> OutboxMessage:
@@ -74,14 +113,29 @@ def queue_callback(invite: Invite, url: str, body: bytes, api_client_id: int | N
     return message
 
 
-def email_backoff(attempt: int) -> timedelta:
-    """Exponential backoff with jitter: ~30 s, 1 min, 2 min, ... capped at 4 h."""
-    base = min(30 * 2 ** (attempt - 1), 4 * 3600)
+EMAIL_BACKOFF_BASE_SECONDS = 30.0
+
+
+def email_backoff(attempt: int, base_seconds: float = EMAIL_BACKOFF_BASE_SECONDS) -> timedelta:
+    """Exponential backoff with jitter: ~30 s, 1 min, 2 min, ... capped at 4 h.
+
+    ``base_seconds`` is the first wait (``OUTBOX_RETRY_BASE_SECONDS``; tests shorten it).
+    """
+    base = min(base_seconds * 2 ** (attempt - 1), 4 * 3600)
     return timedelta(seconds=base * random.uniform(0.8, 1.2))
 
 
+class Claim(list):
+    """The ids one claim took, in order; ``token`` is what it stamped in ``claimed_by``."""
+
+    def __init__(self, ids=(), token: str = "", lease_seconds: int = 0):
+        super().__init__(ids)
+        self.token = token
+        self.lease_seconds = lease_seconds
+
+
 def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
-    """Take up to ``batch_size`` due rows for this worker; returns their ids."""
+    """Take up to ``batch_size`` due rows for this worker; returns their ids (a :class:`Claim`)."""
     now = now_utc()
     due = or_(
         and_(OutboxMessage.state == OutboxState.QUEUED, OutboxMessage.next_attempt_at <= now),
@@ -94,7 +148,9 @@ def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
     if not candidates:
         db.session.rollback()
         return []
-    token = f"{worker_id}:{uuid.uuid4().hex[:12]}"
+    # claimed_by holds 64 characters; container host names alone can reach 63. The tail
+    # (pod suffix, pid) tells workers apart for people; the random part makes it unique.
+    token = f"{worker_id[-51:]}:{uuid.uuid4().hex[:12]}"
     db.session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id.in_(candidates), due)
@@ -104,10 +160,24 @@ def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
-    return list(db.session.scalars(
+    return Claim(db.session.scalars(
         select(OutboxMessage.id).where(OutboxMessage.claimed_by == token, OutboxMessage.state == OutboxState.SENDING)
         .order_by(OutboxMessage.id)
-    ))
+    ), token, lease_seconds)
+
+
+def _still_ours(message_id: int, claimed: Claim) -> bool:
+    """Renew the lease on one row just before delivering it. A batch can outlast its
+    lease (a slow SMTP server); a row another worker has taken over since is theirs."""
+    result = db.session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message_id, OutboxMessage.claimed_by == claimed.token,
+               OutboxMessage.state == OutboxState.SENDING)
+        .values(lease_until=now_utc() + timedelta(seconds=claimed.lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return result.rowcount == 1
 
 
 @dataclass
@@ -148,7 +218,7 @@ def finish(message: OutboxMessage, outcome: Outcome, *, max_attempts: int, give_
         result = "sent"
     else:
         message.last_error = outcome.error[:2000]
-        retry_at = now + email_backoff(message.attempts)
+        retry_at = now + backoff_for(message)
         out_of_time = give_up_at is not None and retry_at > give_up_at
         if outcome.retry and message.attempts < max_attempts and not out_of_time:
             message.state = OutboxState.QUEUED
@@ -172,17 +242,20 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
     another worker can take them at once instead of waiting for the lease.
     """
     stats = DeliveryStats(ids=list(ids))
+    ours = [OutboxMessage.claimed_by == ids.token] if isinstance(ids, Claim) else []
     for index, message_id in enumerate(ids):
         if should_stop():
             db.session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id.in_(ids[index:]), OutboxMessage.state == OutboxState.SENDING)
+                .where(OutboxMessage.id.in_(ids[index:]), OutboxMessage.state == OutboxState.SENDING, *ours)
                 .values(state=OutboxState.QUEUED, claimed_by=None, lease_until=None,
                         attempts=OutboxMessage.attempts - 1)
                 .execution_options(synchronize_session=False)
             )
             db.session.commit()
             break
+        if isinstance(ids, Claim) and not _still_ours(message_id, ids):
+            continue
         message = db.session.get(OutboxMessage, message_id)
         if message is None or message.state != OutboxState.SENDING:
             continue
@@ -194,6 +267,8 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
         if outcome.error == "superseded":
             message.state = OutboxState.SUPERSEDED
             message.claimed_by = None
+            message.lease_until = None
+            _bump_invite_version(message.invite_id)  # the live page shows it will not go
             stats.superseded += 1
         else:
             result = finish(message, outcome, max_attempts=max_attempts_for(message),
@@ -207,8 +282,18 @@ def max_attempts_for(message: OutboxMessage) -> int:
     return EMAIL_MAX_ATTEMPTS if message.kind == OutboxKind.EMAIL else 1000
 
 
+def backoff_for(message: OutboxMessage) -> timedelta:
+    """Wait before the next attempt: callbacks use full jitter (services/callbacks.py)."""
+    if message.kind == OutboxKind.CALLBACK:
+        return timedelta(seconds=callbacks.backoff_seconds(message.attempts))
+    base = EMAIL_BACKOFF_BASE_SECONDS
+    if has_app_context():
+        base = current_app.config.get("OUTBOX_RETRY_BASE_SECONDS", base)
+    return email_backoff(message.attempts, base)
+
+
 def give_up_for(message: OutboxMessage) -> datetime | None:
     if message.kind == OutboxKind.CALLBACK:
-        return message.created_at + timedelta(hours=24)
+        return message.created_at + callbacks.MAX_CALLBACK_AGE
     return None
 

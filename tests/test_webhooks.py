@@ -1,0 +1,316 @@
+"""``POST /webhooks/smart-invites``: Cronofy-signed status notifications (SPEC §4, §5)
+and the one path that applies them, ``apply_notification``."""
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlalchemy import func, select
+
+from smart_invites_ui.domain import InviteSource, RecipientStatus
+from smart_invites_ui.extensions import db
+from smart_invites_ui.models import (Invite, Notification, NotificationOutcome, NotificationSource, OutboxKind,
+                                     OutboxMessage, OutboxState, Reply)
+from smart_invites_ui.services import api_clients
+from smart_invites_ui.services import invites as invite_service
+from smart_invites_ui.services.callbacks import SIGNATURE_HEADER, sign, verify
+from smart_invites_ui.services.notifications import apply_notification
+from tests.conftest import free_port, make_event, make_invite
+
+SECRET = "test-cronofy-secret"  # the app fixture's CRONOFY_CLIENT_SECRETS
+URL = "/webhooks/smart-invites"
+ANN, BOB = "ann@example.org", "bob@example.org"
+
+CRONOFY_SECRET = "CRN_NggYusqPGLxwjw5FHOJYOqSrTPNXy8WQf14OID"
+CRONOFY_BODY = b'{"example":"well-known"}'
+CRONOFY_SIGNATURE = "5DxentQi5YSXODEzTVv06sRwJ3pULIz1KrYv20qxEK0="
+
+
+def post(client, payload, *, secret=SECRET, signature=None, raw: bytes | None = None):
+    body = raw if raw is not None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if signature is None and secret is not None:
+        signature = sign(body, secret)
+    if signature is not None:
+        headers[SIGNATURE_HEADER] = signature
+    return client.post(URL, data=body, headers=headers)
+
+
+def single(reference, email, status, **extra):
+    return {"notification": {"type": "smart_invite"},
+            "smart_invite": {"smart_invite_id": reference, "callback_url": "https://example.org/cb",
+                             "recipient": {"email": email, "status": status, **extra}}}
+
+
+def multi(reference, reply, everyone):
+    return {"notification": {"type": "smart_invite"},
+            "smart_invite": {"smart_invite_id": reference, "callback_url": "https://example.org/cb",
+                             "recipients": everyone, "reply": reply}}
+
+
+def _fresh(invite: Invite) -> Invite:
+    db.session.expire_all()
+    return db.session.get(Invite, invite.id)
+
+
+def _count(model) -> int:
+    return db.session.scalar(select(func.count()).select_from(model))
+
+
+def _history(invite: Invite) -> list[Reply]:
+    return list(db.session.scalars(select(Reply).where(Reply.invite_id == invite.id).order_by(Reply.id)))
+
+
+@pytest.fixture
+def invite(app):
+    return make_invite(emails=(ANN, BOB), reference="BOOK-1")
+
+
+# --- signatures -----------------------------------------------------------------------------------
+
+
+def test_cronofy_published_vector_passes_the_route(app, client):
+    assert verify(CRONOFY_BODY, CRONOFY_SIGNATURE, [CRONOFY_SECRET])
+    app.config["CRONOFY_CLIENT_SECRETS"] = (CRONOFY_SECRET,)
+
+    accepted = post(client, None, raw=CRONOFY_BODY, signature=CRONOFY_SIGNATURE)
+    # Signed correctly but not a smart invite notification: refused as such, not as unsigned.
+    assert accepted.status_code == 400
+    assert "smart invite" in accepted.get_json()["error"]
+    assert post(client, None, raw=CRONOFY_BODY, signature=sign(CRONOFY_BODY, "another")).status_code == 401
+
+
+def test_rotated_secrets_and_several_header_values(app, client, invite):
+    app.config["CRONOFY_CLIENT_SECRETS"] = ("new-secret", "old-secret")
+    old = json.dumps(single("BOOK-1", ANN, "accepted")).encode()
+    new = json.dumps(single("BOOK-1", BOB, "tentative")).encode()
+
+    assert post(client, None, raw=old, secret="old-secret").status_code == 200
+    assert post(client, None, raw=new, signature=f"bogus, {sign(new, 'new-secret')}").status_code == 200
+    both_wrong = f"{sign(new, 'retired')},{sign(new, SECRET)}"
+    assert post(client, None, raw=json.dumps(single("BOOK-1", BOB, "declined")).encode(),
+                signature=both_wrong).status_code == 401
+
+    fresh = _fresh(invite)
+    assert fresh.recipient(ANN).status == RecipientStatus.ACCEPTED
+    assert fresh.recipient(BOB).status == RecipientStatus.TENTATIVE
+
+
+@pytest.mark.parametrize("signature", [None, "", "not base64 at all", sign(b"other body", SECRET)])
+def test_bad_or_missing_signature_is_refused_and_nothing_is_stored(app, client, invite, signature):
+    version = invite.version
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers[SIGNATURE_HEADER] = signature
+    response = client.post(URL, data=json.dumps(single("BOOK-1", ANN, "accepted")), headers=headers)
+
+    assert response.status_code == 401
+    assert _count(Notification) == 0 and _count(Reply) == 0
+    fresh = _fresh(invite)
+    assert fresh.recipient(ANN).status == RecipientStatus.PENDING and fresh.version == version
+
+
+def test_no_configured_secret_refuses_everything(app, client, invite):
+    app.config["CRONOFY_CLIENT_SECRETS"] = ()
+    assert post(client, single("BOOK-1", ANN, "accepted"), secret="").status_code == 401
+    assert _count(Notification) == 0
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe\x00garbage"])
+def test_malformed_json_is_400(app, client, invite, raw):
+    response = post(client, None, raw=raw)
+    assert response.status_code == 400
+    assert _count(Reply) == 0
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+
+
+# --- applying a notification ------------------------------------------------------------------------
+
+
+def test_single_recipient_notification_updates_the_recipient(app, client, invite):
+    version = invite.version
+    response = post(client, single("BOOK-1", "Ann@Example.org", "accepted"))
+
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "applied"
+    fresh = _fresh(invite)
+    ann = fresh.recipient(ANN)
+    assert ann.status == RecipientStatus.ACCEPTED and not ann.needs_attention
+    assert fresh.recipient(BOB).status == RecipientStatus.PENDING
+    assert fresh.version > version
+    (reply,) = _history(fresh)
+    assert (reply.email, reply.status, reply.applied) == (ANN, RecipientStatus.ACCEPTED, True)
+    assert reply.recipient_id == ann.id
+    notification = db.session.scalar(select(Notification))
+    assert notification.outcome == NotificationOutcome.APPLIED and notification.invite_id == invite.id
+
+
+def test_reply_with_comment_and_proposal_needs_attention(app, client, invite):
+    reply = {"email": BOB, "status": "tentative", "comment": "Could we do Thursday?",
+             "proposal": {"start": {"time": "2031-09-13T23:00:00+02:00", "tzid": "Europe/Paris"},
+                          "end": {"time": "2031-09-13T23:30:00+02:00", "tzid": "Europe/Paris"}}}
+    everyone = [{"email": ANN, "status": "pending"}, reply]
+    response = post(client, multi("BOOK-1", reply, everyone))
+
+    assert response.status_code == 200
+    bob = _fresh(invite).recipient(BOB)
+    assert bob.status == RecipientStatus.TENTATIVE
+    assert bob.comment == "Could we do Thursday?"
+    assert bob.proposal.start == datetime(2031, 9, 13, 21, 0, tzinfo=timezone.utc)
+    assert bob.proposal.end == datetime(2031, 9, 13, 21, 30, tzinfo=timezone.utc)
+    assert bob.proposal.tzid == "Europe/Paris"
+    assert bob.needs_attention
+    (history,) = _history(invite)  # the reply, not the whole recipients list
+    assert (history.email, history.comment) == (BOB, "Could we do Thursday?")
+    assert history.proposal.start == bob.proposal.start
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+
+
+def test_decline_needs_attention_and_answers_are_kept_in_order(app, client, invite):
+    assert post(client, single("BOOK-1", ANN, "accepted")).status_code == 200
+    assert post(client, single("BOOK-1", ANN, "declined", comment="Sorry, ill")).status_code == 200
+
+    ann = _fresh(invite).recipient(ANN)
+    assert (ann.status, ann.comment, ann.needs_attention) == (RecipientStatus.DECLINED, "Sorry, ill", True)
+    assert [r.status for r in _history(invite)] == [RecipientStatus.ACCEPTED, RecipientStatus.DECLINED]
+
+
+def test_recipients_list_without_reply_applies_only_the_changes(app, client, invite):
+    everyone = {"notification": {"type": "smart_invite"}, "smart_invite": {
+        "smart_invite_id": "BOOK-1", "recipients": [{"email": ANN, "status": "pending"},
+                                                    {"email": BOB, "status": "accepted"}]}}
+    assert post(client, everyone).status_code == 200
+    fresh = _fresh(invite)
+    assert fresh.recipient(BOB).status == RecipientStatus.ACCEPTED
+    assert [r.email for r in _history(fresh)] == [BOB]
+
+
+def test_repeated_delivery_changes_nothing(app, client, invite):
+    payload = single("BOOK-1", ANN, "accepted")
+    assert post(client, payload).status_code == 200
+    version = _fresh(invite).version
+
+    again = post(client, payload)
+    assert again.status_code == 200
+    assert again.get_json()["outcome"] == "duplicate"
+    assert _fresh(invite).version == version
+    assert len(_history(invite)) == 1
+    assert _count(Notification) == 1
+
+
+def test_unknown_invite_is_accepted_and_kept(app, client, invite):
+    response = post(client, single("NO-SUCH-BOOKING", ANN, "accepted"))
+    assert response.status_code == 202
+    notification = db.session.scalar(select(Notification))
+    assert notification.outcome == NotificationOutcome.UNKNOWN_INVITE
+    assert notification.smart_invite_id == "NO-SUCH-BOOKING"
+    assert json.loads(notification.body)["smart_invite"]["recipient"]["email"] == ANN
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+
+
+def test_uninvited_responder_is_recorded_without_changing_anyone(app, client, invite):
+    version = invite.version
+    response = post(client, single("BOOK-1", "frontdesk@example.org", "declined"))
+    assert response.status_code == 200
+
+    fresh = _fresh(invite)
+    assert {r.status for r in fresh.recipients} == {RecipientStatus.PENDING}
+    assert not any(r.needs_attention for r in fresh.recipients)
+    (reply,) = _history(fresh)
+    assert (reply.email, reply.recipient_id, reply.applied) == ("frontdesk@example.org", None, False)
+    assert reply.note
+    assert fresh.version > version  # the history on the page changed
+    assert db.session.scalar(select(Notification.outcome)) == NotificationOutcome.UNKNOWN_RECIPIENT
+
+
+def test_unknown_status_is_recorded_not_applied(app, client, invite):
+    post(client, single("BOOK-1", ANN, "accepted"))
+    response = post(client, single("BOOK-1", ANN, "deleted"))
+    assert response.status_code == 200
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.ACCEPTED
+    last = _history(invite)[-1]
+    assert last.applied is False and "deleted" in last.note
+
+
+@pytest.mark.parametrize("payload", [
+    [],
+    {"notification": {"type": "smart_invite"}},
+    {"notification": {"type": "change"}, "smart_invite": {"smart_invite_id": "BOOK-1"}},
+    {"smart_invite": {"smart_invite_id": ""}},
+])
+def test_signed_but_unusable_payload_is_400_and_kept(app, client, invite, payload):
+    response = post(client, payload)
+    assert response.status_code == 400
+    assert _count(Reply) == 0
+    assert db.session.scalar(select(Notification.outcome)) == NotificationOutcome.IGNORED
+
+
+# --- callbacks to the API client ---------------------------------------------------------------------
+
+
+class CallbackReceiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.headers.get(SIGNATURE_HEADER), body))
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def callback_server():
+    CallbackReceiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), CallbackReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/cronofy/smart_invite/notifications"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_applied_reply_queues_a_signed_callback_in_the_seed_shape(app, callback_server, deliver):
+    client, secret = api_clients.create_client("Booking system")
+    invite = invite_service.create_invite(
+        event=make_event(), recipients=[invite_service.NewRecipient(ANN), invite_service.NewRecipient(BOB)],
+        smart_invite_id="API-7", source=InviteSource.API, api_client=client, callback_url=callback_server.url)
+    deliver()  # the invite emails
+
+    apply_notification(single("API-7", BOB, "declined", comment="Away that week"),
+                       source=NotificationSource.EMAIL)
+    (queued,) = db.session.scalars(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.CALLBACK))
+    assert (queued.target, queued.api_client_id, queued.state) == (callback_server.url, client.id, OutboxState.QUEUED)
+    body = json.loads(queued.payload)
+    assert body["notification"] == {"type": "smart_invite"}
+    smart_invite = body["smart_invite"]
+    assert smart_invite["smart_invite_id"] == "API-7"
+    assert smart_invite["callback_url"] == callback_server.url
+    assert smart_invite["recipients"] == [{"email": ANN, "status": "pending"},
+                                          {"email": BOB, "status": "declined", "comment": "Away that week"}]
+    assert smart_invite["reply"] == {"email": BOB, "status": "declined", "comment": "Away that week"}
+
+    deliver()
+    ((signature, received),) = CallbackReceiver.received
+    assert received == queued.payload
+    assert verify(received, signature, [secret])
+    db.session.expire_all()
+    assert db.session.get(OutboxMessage, queued.id).state == OutboxState.SENT
+
+
+def test_no_callback_without_a_callback_url_or_for_a_change_that_was_not_applied(app, client, invite):
+    post(client, single("BOOK-1", ANN, "accepted"))
+    assert db.session.scalar(select(func.count()).where(OutboxMessage.kind == OutboxKind.CALLBACK)) == 0
+
+    api_client, _ = api_clients.create_client("Booking system")
+    invite_service.create_invite(event=make_event(), recipients=[invite_service.NewRecipient(ANN)],
+                                 smart_invite_id="API-8", source=InviteSource.API, api_client=api_client,
+                                 callback_url="https://example.org/cb")
+    post(client, single("API-8", "someone-else@example.org", "accepted"))
+    assert db.session.scalar(select(func.count()).where(OutboxMessage.kind == OutboxKind.CALLBACK)) == 0
