@@ -289,3 +289,98 @@ def live_server(app, database_url):
     server = start_live_server(database_url)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fresh_request_state(app):
+    """Requests share the test's app context, hence ``g``: move ``fresh_g`` before every
+    other before_request hook, so the login check never sees the user (or CSRF token)
+    cached by the previous request or by another client, as in production."""
+    hooks = app.before_request_funcs.setdefault(None, [])
+    for hook in [h for h in hooks if h.__name__ == "fresh_g"]:
+        hooks.remove(hook)
+        hooks.insert(0, hook)
+    return app
+
+
+@pytest.fixture
+def fast_passwords(monkeypatch):
+    """For tests about something other than passwords: a cheap (still salted) hash
+    instead of scrypt's deliberate ~0.15 s, so logging in costs almost nothing."""
+    from functools import partial
+
+    from werkzeug.security import generate_password_hash
+
+    from smart_invites_ui import models
+
+    monkeypatch.setattr(models, "generate_password_hash", partial(generate_password_hash, method="pbkdf2:sha256:1"))
+
+
+# --- a recording HTTP server on loopback (callback receivers, a fake provider API) -----
+
+class RecordingServer:
+    """Answers every request with ``respond(request) -> (status, body)`` (default 200 ``{}``)
+    and keeps what it received: ``requests`` is a list of dicts (method, path, headers, body)."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        recorder = self
+        self.requests: list[dict] = []
+        self.respond = lambda request: (200, b"{}")
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                request = {"method": self.command, "path": self.path, "headers": dict(self.headers),
+                           "body": self.rfile.read(length)}
+                recorder.requests.append(request)
+                status, body = recorder.respond(request)
+                if isinstance(body, (dict, list)):
+                    import json
+
+                    body = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _handle
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a client that gave up: not our failure
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def wait(self, count: int = 1, timeout: float = 15.0) -> list[dict]:
+        """Block until ``count`` requests have arrived (bounded), then return them all."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.requests) >= count, f"{len(self.requests)} of {count} requests arrived in {timeout}s"
+        return self.requests
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_recorder():
+    server = RecordingServer()
+    yield server
+    server.stop()

@@ -13,8 +13,9 @@ from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
 from ..domain import EventData, InviteSource, InviteStatus, ITipMethod, RecipientStatus
 from ..extensions import db
@@ -52,7 +53,8 @@ def parse_recipient_list(text: str) -> tuple[list[NewRecipient], list[str]]:
     valid: list[NewRecipient] = []
     invalid: list[str] = []
     seen: set[str] = set()
-    for chunk in re.split(r"[,;\n\r]+", text or ""):
+    # Separators are commas, semicolons and line breaks, except inside "a quoted, name" or <...>.
+    for chunk in re.findall(r'(?:"[^"]*"|<[^>]*>|[^,;\n\r"<])+', text or ""):
         chunk = chunk.strip()
         if not chunk:
             continue
@@ -142,6 +144,7 @@ def create_invite(
     api_client: ApiClient | None = None,
     callback_url: str | None = None,
     commit: bool = True,
+    send_emails: bool = True,
 ) -> Invite:
     errors = validate_event(event)
     if not recipients:
@@ -167,14 +170,108 @@ def create_invite(
     invite.recipients = [Recipient(email=r.email, name=r.name.strip()) for r in recipients]
     db.session.add(invite)
     db.session.flush()
-    _send(invite, providers.current().create(invite))
+    _send(invite, providers.current().create(invite), send_emails=send_emails, fresh=True)
     if commit:
         _commit()
     return invite
 
 
-def _send(invite: Invite, result: providers.ProviderResult, removed: Iterable[Recipient] = ()) -> None:
-    """Queue what SPEC §6 says a change sends: REQUEST to the invited, CANCEL to ``removed``."""
+@dataclass(frozen=True)
+class NewInvite:
+    """One invite of :func:`create_invites`."""
+
+    event: EventData
+    recipients: Sequence[NewRecipient]
+    smart_invite_id: str | None = None
+
+
+def _references_taken(references: Sequence[str]) -> set[str]:
+    taken: set[str] = set()
+    for start in range(0, len(references), 500):
+        taken.update(db.session.scalars(
+            select(Invite.smart_invite_id).where(Invite.smart_invite_id.in_(references[start:start + 500]))))
+    return taken
+
+
+def _insert_all(model, rows: list[dict]) -> list[int]:
+    """Insert many rows at once; returns their new ids, in order.
+
+    PostgreSQL: the ids are taken from the table's sequence first, in one query, so
+    the rows go in with the driver's pipelined executemany (RETURNING them instead
+    makes one huge statement, several times slower there). SQLite: RETURNING is cheap.
+    """
+    if db.session.get_bind().dialect.name == "postgresql":
+        ids = list(db.session.scalars(
+            text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"),
+            {"table": model.__tablename__, "count": len(rows)}))
+        db.session.execute(insert(model), [{**row, "id": new_id} for row, new_id in zip(rows, ids)])
+        return ids
+    return list(db.session.scalars(insert(model).returning(model.id, sort_by_parameter_order=True), rows))
+
+
+def create_invites(new: Sequence[NewInvite], *, organizer_name: str = "",
+                   source: InviteSource = InviteSource.DASHBOARD, created_by: User | None = None,
+                   import_id: int | None = None, commit: bool = True) -> list[int]:
+    """Several invites at once (the CSV import): the checks and emails of :func:`create_invite`,
+    written with a few multi-row INSERTs for the lot (no ORM objects: thousands at a time).
+    Returns the new invites' ids, in order. Raises InviteError if any one cannot be made
+    (nothing is then written)."""
+    if not new:
+        return []
+    references: list[str | None] = []
+    for item in new:
+        errors = validate_event(item.event)
+        if not item.recipients:
+            errors["recipients"] = "Add at least one recipient."
+        reference = (item.smart_invite_id or "").strip() or None
+        if reference is not None and (problem := validate_reference(reference)):
+            errors["smart_invite_id"] = problem
+        if errors:
+            raise InviteError(errors)
+        references.append(reference)
+    given = [r for r in references if r is not None]
+    if len(set(given)) != len(given) or _references_taken(given):
+        raise InviteError({"smart_invite_id": "This reference is already used by another invite."})
+    while None in references:
+        candidates = {i: new_reference() for i, r in enumerate(references) if r is None}
+        taken = _references_taken(list(candidates.values())) | set(given)
+        for i, candidate in candidates.items():
+            if candidate not in taken:
+                references[i] = candidate
+                taken.add(candidate)
+
+    invite_ids = _insert_all(Invite, [
+        {**Invite.event_columns(item.event), "smart_invite_id": reference, "organizer_name": organizer_name.strip(),
+         "source": source, "created_by_id": created_by.id if created_by is not None else None,
+         "import_id": import_id, "sequence": 0, "version": 1, "status": InviteStatus.ACTIVE}
+        for item, reference in zip(new, references)])
+    people = [(invite_id, r.email, r.name.strip()) for invite_id, item in zip(invite_ids, new) for r in item.recipients]
+    recipient_ids = _insert_all(Recipient, [{"invite_id": invite_id, "email": email, "name": name}
+                                            for invite_id, email, name in people])
+    provider = providers.current()
+    ics: dict[int, bytes | None] = {}
+    if not isinstance(provider, providers.LocalProvider):  # the local one builds the ICS at delivery
+        for invite in db.session.scalars(select(Invite).where(Invite.id.in_(invite_ids))
+                                         .options(selectinload(Invite.recipients))):
+            ics[invite.id] = provider.create(invite).ics
+    # SPEC §6, create: a REQUEST to everyone.
+    outbox.queue_new_emails([(invite_id, recipient_id, email, ITipMethod.REQUEST, ics.get(invite_id))
+                             for (invite_id, email, _), recipient_id in zip(people, recipient_ids)])
+    if commit:
+        _commit()
+    return invite_ids
+
+
+def _send(invite: Invite, result: providers.ProviderResult, removed: Iterable[Recipient] = (),
+          send_emails: bool = True, fresh: bool = False) -> None:
+    """Queue what SPEC §6 says a change sends: REQUEST to the invited, CANCEL to ``removed``.
+
+    ``send_emails=False``: the caller sends the ICS itself (changes made through the API, SPEC §5).
+    ``fresh``: no earlier email to the invited can be waiting to be superseded (a new
+    invite, or the caller superseded them already: ``outbox.supersede_queued_to_invited``).
+    """
+    if not send_emails:
+        return
     removed = list(removed)
     if invite.is_cancelled:
         for recipient in invite.invited:
@@ -183,7 +280,7 @@ def _send(invite: Invite, result: providers.ProviderResult, removed: Iterable[Re
     for recipient in removed:
         outbox.queue_email(invite, recipient, ITipMethod.CANCEL, result.removed_ics)
     for recipient in invite.invited:
-        outbox.queue_email(invite, recipient, ITipMethod.REQUEST, result.ics)
+        outbox.queue_email(invite, recipient, ITipMethod.REQUEST, result.ics, supersede=not fresh)
 
 
 def _require_active(invite: Invite) -> None:
@@ -192,8 +289,12 @@ def _require_active(invite: Invite) -> None:
 
 
 def update_event(invite: Invite, event: EventData, *, organizer_name: str | None = None,
-                 commit: bool = True) -> bool:
-    """Edit time, place or text. Returns False (and sends nothing) when nothing changed."""
+                 commit: bool = True, send_emails: bool = True, supersede_queued: bool = True) -> bool:
+    """Edit time, place or text. Returns False (and sends nothing) when nothing changed.
+
+    ``supersede_queued=False``: the caller already superseded the emails queued to
+    the invited (the CSV import does it for a batch of invites in one query).
+    """
     _require_active(invite)
     errors = validate_event(event)
     if errors:
@@ -207,13 +308,14 @@ def update_event(invite: Invite, event: EventData, *, organizer_name: str | None
     if time_changed:
         _reset_replies(invite)
     _bump(invite, sequence=True)
-    _send(invite, providers.current().update(invite))
+    _send(invite, providers.current().update(invite), send_emails=send_emails, fresh=not supersede_queued)
     if commit:
         _commit()
     return True
 
 
-def add_recipients(invite: Invite, new: Sequence[NewRecipient], *, commit: bool = True) -> list[Recipient]:
+def add_recipients(invite: Invite, new: Sequence[NewRecipient], *, commit: bool = True,
+                   send_emails: bool = True, supersede_queued: bool = True) -> list[Recipient]:
     _require_active(invite)
     added: list[Recipient] = []
     for item in new:
@@ -236,13 +338,14 @@ def add_recipients(invite: Invite, new: Sequence[NewRecipient], *, commit: bool 
         raise InviteError({"recipients": "Everyone listed is already invited."})
     _bump(invite, sequence=False)
     db.session.flush()
-    _send(invite, providers.current().update(invite))
+    _send(invite, providers.current().update(invite), send_emails=send_emails, fresh=not supersede_queued)
     if commit:
         _commit()
     return added
 
 
-def remove_recipient(invite: Invite, recipient: Recipient, *, commit: bool = True) -> None:
+def remove_recipient(invite: Invite, recipient: Recipient, *, commit: bool = True,
+                     send_emails: bool = True) -> None:
     _require_active(invite)
     if recipient.status == RecipientStatus.REMOVED:
         raise InviteError(f"{recipient.email} was already removed.")
@@ -251,18 +354,18 @@ def remove_recipient(invite: Invite, recipient: Recipient, *, commit: bool = Tru
     recipient.status = RecipientStatus.REMOVED
     recipient.needs_attention = False
     _bump(invite, sequence=True)
-    _send(invite, providers.current().remove(invite, recipient), removed=[recipient])
+    _send(invite, providers.current().remove(invite, recipient), removed=[recipient], send_emails=send_emails)
     if commit:
         _commit()
 
 
-def cancel_invite(invite: Invite, *, commit: bool = True) -> None:
+def cancel_invite(invite: Invite, *, commit: bool = True, send_emails: bool = True) -> None:
     _require_active(invite)
     invite.status = InviteStatus.CANCELLED
     for recipient in invite.invited:
         recipient.needs_attention = False
     _bump(invite, sequence=True)
-    _send(invite, providers.current().cancel(invite))
+    _send(invite, providers.current().cancel(invite), send_emails=send_emails)
     if commit:
         _commit()
 
