@@ -84,14 +84,15 @@ def make_app(database_url: str, **overrides):
     config.update(overrides)
     app = create_app(config)
 
-    @app.before_request
     def fresh_g():
         # Tests keep an app context pushed, which requests would share; in production
-        # each request has its own, so give each request a fresh ``g`` (CSRF token, user).
+        # each request has its own, so give each request a fresh ``g`` (CSRF token, user)
+        # before any other hook (the login check) looks at it.
         from flask import g
 
         g.__dict__.clear()
 
+    app.before_request_funcs.setdefault(None, []).insert(0, fresh_g)
     return app
 
 

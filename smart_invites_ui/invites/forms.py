@@ -55,7 +55,9 @@ class EventForm(FlaskForm):
             self.end.errors = [*self.end.errors, str(exc)]
             return None
         values = dict(base.__dict__) if base else {}
-        values.update(summary=self.summary.data.strip(), description=(self.description.data or "").strip(),
+        # Browsers send textarea line breaks as CRLF: store "\n" so an unchanged form is unchanged.
+        description = (self.description.data or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+        values.update(summary=self.summary.data.strip(), description=description,
                       location=(self.location.data or "").strip(), start=start, end=end,
                       tzid=self.tzid.data, all_day=False)
         return EventData(**values)

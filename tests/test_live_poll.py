@@ -1,0 +1,151 @@
+"""The invite page's live part (issue 2 §6): a polled fragment that answers 204 when nothing changed."""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from html import unescape
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from smart_invites_ui.extensions import db
+from smart_invites_ui.models import Invite, NotificationSource
+from smart_invites_ui.services import invites as invite_service
+from smart_invites_ui.services.notifications import apply_notification
+from tests.conftest import future, make_invite
+
+pytestmark = pytest.mark.usefixtures("fresh_request_state", "fast_passwords")
+
+HTMX = {"HX-Request": "true"}
+
+
+@pytest.fixture
+def staff(auth):
+    auth.login()
+    return auth
+
+
+def answer(invite: Invite, email: str, status: str, comment: str = "") -> None:
+    apply_notification({"smart_invite": {"smart_invite_id": invite.smart_invite_id,
+                                         "reply": {"email": email, "status": status, "comment": comment}}},
+                       source=NotificationSource.WEBHOOK)
+    db.session.expire_all()
+
+
+def root_tag(html: str) -> str:
+    """The opening tag of the live element (the fragment's root, or its copy in the full page)."""
+    match = re.search(r'<div id="live"[^>]*>', html)
+    assert match, "no live element"
+    return match.group(0)
+
+
+def polled_version(html: str) -> int | None:
+    match = re.search(r'hx-get="([^"]+)"', root_tag(html))
+    if match is None:
+        return None
+    url = urlsplit(unescape(match.group(1)))
+    return int(parse_qs(url.query)["v"][0])
+
+
+def version_of(invite: Invite) -> int:
+    db.session.expire_all()
+    return db.session.get(Invite, invite.id).version
+
+
+def poll(client, invite: Invite, version: int | None):
+    query = {} if version is None else {"v": version}
+    return client.get(f"/invites/{invite.id}/live", query_string=query, headers=HTMX)
+
+
+def test_the_page_polls_its_live_part_with_the_version_it_shows(staff):
+    invite = make_invite()
+    html = staff.client.get(f"/invites/{invite.id}").get_data(as_text=True)
+    tag = root_tag(html)
+    assert re.search(rf'hx-get="/invites/{invite.id}/live\?v=\d+"', tag)
+    assert polled_version(html) == version_of(invite)
+    assert 'hx-swap="outerHTML"' in tag
+    assert re.search(r'hx-trigger="[^"]*every \d+s', tag)
+    assert "data-poll" in tag  # app.js skips polls while the tab is hidden
+
+
+def test_nothing_changed_answers_204_with_an_empty_body(staff):
+    invite = make_invite()
+    response = poll(staff.client, invite, version_of(invite))
+    assert response.status_code == 204
+    assert response.get_data() == b""
+
+
+def test_a_change_answers_the_fragment_with_the_new_status_and_version(staff):
+    invite = make_invite()
+    shown = version_of(invite)
+    answer(invite, "ann@example.org", "declined", comment="Stuck abroad")
+
+    response = poll(staff.client, invite, shown)
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "<html" not in html and html.lstrip().startswith('<div id="live"')
+    row = re.search(r'<tr id="recipient-\d+" data-email="ann@example.org" data-status="(\w+)"[^>]*>(.*?)</tr>',
+                    html, re.S)
+    assert row.group(1) == "declined"
+    assert "Declined" in row.group(2) and "Stuck abroad" in row.group(2)
+    assert "Stuck abroad" in html.split('<table class="history">', 1)[1]  # the reply history too
+
+    new_version = version_of(invite)
+    assert new_version > shown
+    assert polled_version(html) == new_version
+    tag = root_tag(html)
+    assert 'hx-swap="outerHTML"' in tag and "hx-trigger=" in tag
+
+    # The page now shows the new version: the next poll is free again.
+    assert poll(staff.client, invite, new_version).status_code == 204
+
+
+def test_without_a_version_the_fragment_is_sent(staff):
+    invite = make_invite()
+    response = poll(staff.client, invite, None)
+    assert response.status_code == 200
+    assert polled_version(response.get_data(as_text=True)) == version_of(invite)
+
+
+def test_staff_actions_also_reach_the_open_page(staff):
+    invite = make_invite()
+    shown = version_of(invite)
+    bob = next(r for r in invite.recipients if r.email == "bob@example.org")
+    staff.post(f"/invites/{invite.id}/recipients/{bob.id}/remove")
+    html = poll(staff.client, invite, shown).get_data(as_text=True)
+    assert 'data-email="bob@example.org" data-status="removed"' in html
+
+
+def test_polling_stops_when_the_invite_is_cancelled(staff):
+    invite = make_invite()
+    shown = version_of(invite)
+    invite_service.cancel_invite(invite)
+
+    response = poll(staff.client, invite, shown)
+    assert response.status_code == 200
+    tag = root_tag(response.get_data(as_text=True))
+    assert "hx-get" not in tag and "hx-trigger" not in tag
+    assert "hx-get" not in root_tag(staff.client.get(f"/invites/{invite.id}").get_data(as_text=True))
+
+
+def test_a_past_invite_is_not_polled(staff):
+    start = future(-3)
+    invite = make_invite(start=start, end=start + timedelta(hours=1))
+    page = staff.client.get(f"/invites/{invite.id}").get_data(as_text=True)
+    assert "hx-get" not in root_tag(page)
+    response = poll(staff.client, invite, None)
+    assert response.status_code == 200
+    assert "hx-get" not in root_tag(response.get_data(as_text=True))
+
+
+def test_unknown_invite_is_404(staff):
+    assert staff.client.get("/invites/4242/live?v=1", headers=HTMX).status_code == 404
+
+
+def test_logged_out_polls_are_sent_to_the_login_page(client, app):
+    invite = make_invite()
+    response = client.get(f"/invites/{invite.id}/live?v=1", headers=HTMX)
+    assert response.status_code == 401
+    assert urlsplit(response.headers["HX-Redirect"]).path == "/login"
+    plain = client.get(f"/invites/{invite.id}/live?v=1")
+    assert plain.status_code == 302 and urlsplit(plain.headers["Location"]).path == "/login"
