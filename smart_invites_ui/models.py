@@ -179,17 +179,21 @@ class Invite(db.Model):
             transparency=self.transparency or "", color=self.color or "",
         )
 
-    def set_event(self, event: EventData) -> bool:
-        """Copy ``event`` onto the invite; True when anything changed."""
-        values = {
+    @staticmethod
+    def event_columns(event: EventData) -> dict:
+        """The invite's columns that hold ``event`` (for set_event, and bulk inserts)."""
+        return {
             "summary": event.summary, "start": event.start, "end": event.end, "tzid": event.tzid,
             "description": event.description, "location": event.location, "all_day": event.all_day,
             "url": event.url, "location_lat": event.location_lat,
             "location_long": event.location_long, "reminders": list(event.reminders),
             "transparency": event.transparency, "color": event.color,
         }
+
+    def set_event(self, event: EventData) -> bool:
+        """Copy ``event`` onto the invite; True when anything changed."""
         changed = False
-        for key, value in values.items():
+        for key, value in self.event_columns(event).items():
             if getattr(self, key) != value:
                 setattr(self, key, value)
                 changed = True
@@ -236,7 +240,11 @@ class Recipient(db.Model):
 
     invite: Mapped[Invite] = relationship(back_populates="recipients")
 
-    __table_args__ = (UniqueConstraint("invite_id", "email", name="uq_recipients_invite_email"),)
+    __table_args__ = (
+        UniqueConstraint("invite_id", "email", name="uq_recipients_invite_email"),
+        # The "Needs attention" count on every list page reads only these (few) rows.
+        Index("ix_recipients_attention", "needs_attention", "invite_id"),
+    )
 
     @property
     def proposal(self) -> Proposal | None:

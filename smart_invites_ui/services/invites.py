@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import and_, case, exists, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, text, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -113,7 +113,7 @@ def new_reference() -> str:
 def _bump(invite: Invite, *, sequence: bool) -> None:
     if sequence:
         invite.sequence += 1
-    invite.version += 1
+    invite.version = Invite.version + 1  # in SQL: concurrent changes never lose a bump
     invite.updated_at = now_utc()
 
 
@@ -495,7 +495,8 @@ def attention_count() -> int:
     return db.session.scalar(
         select(func.count(func.distinct(Recipient.invite_id)))
         .join(Invite, Invite.id == Recipient.invite_id)
-        .where(Invite.status == InviteStatus.ACTIVE, Recipient.needs_attention.is_(True),
+        # "= true" rather than "IS true": an equality can use ix_recipients_attention.
+        .where(Invite.status == InviteStatus.ACTIVE, Recipient.needs_attention == true(),
                Recipient.status != RecipientStatus.REMOVED)
     ) or 0
 

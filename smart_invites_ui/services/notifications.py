@@ -192,7 +192,9 @@ def _apply_replies(invite: Invite, notification: Notification, replies: list[Sta
         if history.note:
             notes.append(f"{reply.email}: {history.note}")
         db.session.add(history)
-    invite.version += 1  # the history changed even when no status did
+    # In SQL, so two notifications applied at once both count; the history changed
+    # even when no status did.
+    invite.version = Invite.version + 1
     if applied:
         result.outcome = NotificationOutcome.APPLIED
         _queue_callbacks(invite, applied)
