@@ -70,10 +70,12 @@ def from_environment(environ: dict[str, str], instance_path: str) -> dict:
         raise ConfigError("SMTP_URL must start with smtp:// or smtps://")
     mail_from = MailFrom.parse(environ.get("MAIL_FROM", "invites@localhost"))
     secure = public_base_url.startswith("https://")
+    uri = database_url(environ.get("DATABASE_URL"), instance_path)
     return {
         "SECRET_KEY": environ.get("SECRET_KEY") or None,
-        "SQLALCHEMY_DATABASE_URI": database_url(environ.get("DATABASE_URL"), instance_path),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_DATABASE_URI": uri,
+        # Pre-ping survives a PostgreSQL restart; an embedded SQLite file needs none.
+        "SQLALCHEMY_ENGINE_OPTIONS": {} if uri.startswith("sqlite") else {"pool_pre_ping": True},
         "SMART_INVITES_PROVIDER": provider,
         "CRONOFY_API_URL": environ.get("CRONOFY_API_URL", "https://api.cronofy.com").rstrip("/"),
         "CRONOFY_CLIENT_SECRETS": split_secrets(environ.get("CRONOFY_CLIENT_SECRET")),
@@ -96,6 +98,8 @@ def from_environment(environ: dict[str, str], instance_path: str) -> dict:
         "MAX_CONTENT_LENGTH": 30 * 1024 * 1024,
         "OUTBOX_BATCH_SIZE": int(environ.get("OUTBOX_BATCH_SIZE", "50")),
         "OUTBOX_LEASE_SECONDS": int(environ.get("OUTBOX_LEASE_SECONDS", "300")),
+        # First wait before an email is retried; it doubles with each attempt, up to 4 h.
+        "OUTBOX_RETRY_BASE_SECONDS": float(environ.get("OUTBOX_RETRY_BASE_SECONDS", "30")),
         "WORKER_POLL_SECONDS": float(environ.get("WORKER_POLL_SECONDS", "1")),
         "INVITES_PER_PAGE": 25,
     }

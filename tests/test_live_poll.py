@@ -149,3 +149,23 @@ def test_logged_out_polls_are_sent_to_the_login_page(client, app):
     assert urlsplit(response.headers["HX-Redirect"]).path == "/login"
     plain = client.get(f"/invites/{invite.id}/live?v=1")
     assert plain.status_code == 302 and urlsplit(plain.headers["Location"]).path == "/login"
+
+
+def test_an_unchanged_poll_is_refused_once_the_session_is_revoked(staff):
+    """The 204 fast path checks the session itself: disabling the user (or resetting the
+    password) ends the poll at once, even though nothing changed on the invite."""
+    from smart_invites_ui.services import users as user_service
+
+    invite = make_invite()
+    version = version_of(invite)
+    assert poll(staff.client, invite, version).status_code == 204
+    user_service.set_active(staff.user, False)
+    response = poll(staff.client, invite, version)
+    assert response.status_code == 401
+    assert urlsplit(response.headers["HX-Redirect"]).path == "/login"
+
+
+def test_an_unchanged_poll_is_refused_without_a_login(client):
+    invite = make_invite()
+    response = poll(client, invite, version_of(invite))
+    assert response.status_code == 401

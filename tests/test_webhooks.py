@@ -314,3 +314,12 @@ def test_no_callback_without_a_callback_url_or_for_a_change_that_was_not_applied
                                  callback_url="https://example.org/cb")
     post(client, single("API-8", "someone-else@example.org", "accepted"))
     assert db.session.scalar(select(func.count()).where(OutboxMessage.kind == OutboxKind.CALLBACK)) == 0
+
+
+def test_a_nul_character_in_a_comment_is_dropped_not_a_server_error(app, client, invite):
+    # PostgreSQL refuses NUL in text columns; a 500 would make the sender retry forever.
+    response = post(client, single("BOOK-1\u0000", ANN, "declined", comment="Sick\u0000 today"))
+    assert response.status_code == 200
+    ann = _fresh(invite).recipient(ANN)
+    assert (ann.status, ann.comment) == (RecipientStatus.DECLINED, "Sick today")
+    assert _history(invite)[0].comment == "Sick today"

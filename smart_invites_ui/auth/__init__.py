@@ -22,13 +22,26 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired()])
 
 
-@login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    ident, _, version = user_id.partition(":")
+def parse_user_ref(user_ref: str | None) -> tuple[int, int] | None:
+    """(user id, session version) from what ``User.get_id()`` wrote into the session."""
+    ident, _, version = (user_ref or "").partition(":")
     if not ident.isdigit() or not version.isdigit():
         return None
-    user = db.session.get(User, int(ident))
-    if user is None or user.session_version != int(version) or not user.active:
+    return int(ident), int(version)
+
+
+def session_user_ref() -> tuple[int, int] | None:
+    """The signed session's (user id, session version), without loading the user."""
+    return parse_user_ref(session.get("_user_id"))
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> User | None:
+    ref = parse_user_ref(user_id)
+    if ref is None:
+        return None
+    user = db.session.get(User, ref[0])
+    if user is None or user.session_version != ref[1] or not user.active:
         return None
     return user
 

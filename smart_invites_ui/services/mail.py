@@ -4,9 +4,10 @@ from __future__ import annotations
 import smtplib
 import ssl
 from dataclasses import dataclass
+from email import message_from_bytes
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, default
 from email.utils import format_datetime, make_msgid
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
@@ -38,6 +39,38 @@ def ascii_address(address: str) -> str:
     return f"{local}@{domain}"
 
 
+def mailbox(header: str, name: str, address: str) -> Address:
+    """A From or To mailbox whose header reads back as exactly this one address.
+
+    Python's email package (3.11, 3.12) can drop the quotes of a long display name
+    when it folds the line, so a name holding "," or "<evil@example.org>" would read
+    as further addresses. Each candidate is folded and parsed back; a name that does
+    not survive is shortened, and failing that left out (the address is what counts).
+    """
+    addr_spec = ascii_address(address)
+    name = single_line(name)
+    for candidate in (name, name[:40].rstrip() + "…") if len(name) > 40 else (name,):
+        named = Address(display_name=candidate, addr_spec=addr_spec)
+        if _reads_back(header, named):
+            return named
+    return Address(addr_spec=addr_spec)
+
+
+_ADDRESS_SPECIALS = frozenset('()<>@,:;."[]\\')
+
+
+def _reads_back(header: str, mailbox: Address) -> bool:
+    name = mailbox.display_name
+    if not _ADDRESS_SPECIALS.intersection(name) or (name.isascii() and len(header) + len(str(mailbox)) <= 74):
+        return True  # nothing to misread, or a line short enough not to be folded
+    probe = EmailMessage(policy=SMTP)
+    probe[header] = mailbox
+    parsed = message_from_bytes(probe.as_bytes(), policy=default)[header].addresses
+    # Folding may add or move whitespace inside the name; that is harmless.
+    return (len(parsed) == 1 and parsed[0].addr_spec == mailbox.addr_spec
+            and "".join(parsed[0].display_name.split()) == "".join(name.split()))
+
+
 def build_invite_email(
     *,
     ics: bytes,
@@ -53,8 +86,8 @@ def build_invite_email(
 ) -> EmailMessage:
     """multipart/mixed > multipart/alternative [text, html, text/calendar] + invite.ics."""
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = Address(display_name=single_line(from_name), addr_spec=ascii_address(from_email))
-    msg["To"] = Address(display_name=single_line(to_name), addr_spec=ascii_address(to_email))
+    msg["From"] = mailbox("From", from_name, from_email)
+    msg["To"] = mailbox("To", to_name, to_email)
     msg["Subject"] = single_line(subject)
     msg["Date"] = format_datetime(datetime.now(timezone.utc))
     msg["Message-ID"] = make_msgid(domain=message_id_domain)

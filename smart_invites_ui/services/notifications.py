@@ -60,17 +60,22 @@ def _proposal(value: object) -> Proposal | None:
     return Proposal(start=utc(start), end=utc(end), tzid=tzid)
 
 
+def _text(value: str) -> str:
+    """JSON may carry \u0000, which PostgreSQL cannot store in text: never text anyone meant."""
+    return value.replace("\x00", "").strip()
+
+
 def _reply(value: object) -> StatusReply | None:
     if not isinstance(value, dict) or not isinstance(value.get("email"), str):
         return None
-    raw_status = str(value.get("status") or "").strip().lower()
+    raw_status = _text(str(value.get("status") or "")).lower()
     try:
         status = RecipientStatus(raw_status)
     except ValueError:
         status = None
     comment = value.get("comment")
-    return StatusReply(email=value["email"].strip().lower(), status=status, raw_status=raw_status,
-                       comment=comment.strip() if isinstance(comment, str) else "",
+    return StatusReply(email=_text(value["email"]).lower(), status=status, raw_status=raw_status,
+                       comment=_text(comment) if isinstance(comment, str) else "",
                        proposal=_proposal(value.get("proposal")))
 
 
@@ -83,6 +88,7 @@ def parse_payload(payload: object) -> tuple[str, list[StatusReply], bool]:
         raise MalformedNotification(f"notification type {notification.get('type')!r} is not smart_invite")
     smart_invite = payload["smart_invite"]
     reference = smart_invite.get("smart_invite_id")
+    reference = _text(reference) if isinstance(reference, str) else reference
     if not isinstance(reference, str) or not reference:
         raise MalformedNotification("smart_invite.smart_invite_id is missing")
     if "reply" in smart_invite:
