@@ -15,7 +15,7 @@ from ..extensions import db
 from ..services import invites as invite_service
 from ..services.invite_mail import invite_ics
 from ..services.notifications import recipient_json, reply_json
-from .schema import MAX_SMART_INVITE_ID, ApiRequest, event_time_json
+from .schema import MAX_SMART_INVITE_ID, ApiRequest, event_extras_json, event_time_json
 
 # Where a service's error about a field shows in Cronofy's ``errors`` object.
 _FIELDS = {
@@ -156,21 +156,7 @@ def event_json(invite: Invite) -> dict:
         event["description"] = invite.description
     event["start"] = event_time_json(invite.start, invite.tzid, invite.all_day)
     event["end"] = event_time_json(invite.end, invite.tzid, invite.all_day)
-    if invite.location or invite.location_lat or invite.location_long:
-        location: dict = {"description": invite.location}
-        if invite.location_lat:
-            location["lat"] = invite.location_lat
-        if invite.location_long:
-            location["long"] = invite.location_long
-        event["location"] = location
-    if invite.url:
-        event["url"] = invite.url
-    if invite.reminders:
-        event["reminders"] = [{"minutes": minutes} for minutes in invite.reminders]
-    if invite.transparency:
-        event["transparency"] = invite.transparency
-    if invite.color:
-        event["color"] = invite.color
+    event.update(event_extras_json(invite.event))
     return event
 
 

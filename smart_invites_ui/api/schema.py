@@ -186,6 +186,27 @@ def event_time_json(dt_utc: datetime, tzid: str, all_day: bool) -> dict:
     return {"time": dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "tzid": tzid}
 
 
+def event_extras_json(event: EventData) -> dict:
+    """The optional event fields (location, url, reminders, transparency, color) as the API writes them."""
+    extras: dict = {}
+    if event.location or event.location_lat or event.location_long:
+        location: dict = {"description": event.location}
+        if event.location_lat:
+            location["lat"] = event.location_lat
+        if event.location_long:
+            location["long"] = event.location_long
+        extras["location"] = location
+    if event.url:
+        extras["url"] = event.url
+    if event.reminders:
+        extras["reminders"] = [{"minutes": minutes} for minutes in event.reminders]
+    if event.transparency:
+        extras["transparency"] = event.transparency
+    if event.color:
+        extras["color"] = event.color
+    return extras
+
+
 def proposal_json(p: Proposal) -> dict:
     """A reply's proposed time as ``{"start": {time, tzid}, "end": {time, tzid}}``."""
     return {

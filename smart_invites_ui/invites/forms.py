@@ -63,14 +63,10 @@ class EventForm(FlaskForm):
         return EventData(**values)
 
 
-class NewInviteForm(EventForm):
-    invalid_addresses: list[str] = []
+class RecipientsFieldMixin:
+    """Reads the ``recipients`` textarea; bad addresses are listed under the field."""
 
-    recipients = TextAreaField("Recipients", validators=[DataRequired("Add at least one recipient.")],
-                               description="One address per line, or separated by commas.")
-    smart_invite_id = StringField("Reference", validators=[Optional(), Length(max=256)],
-                                  description="Optional: your booking or appointment number. "
-                                              "Left empty, one is generated.")
+    invalid_addresses: list[str] = []
 
     def recipient_list(self) -> list[NewRecipient] | None:
         valid, invalid = parse_recipient_list(self.recipients.data or "")
@@ -84,18 +80,16 @@ class NewInviteForm(EventForm):
         return valid
 
 
-class AddRecipientsForm(FlaskForm):
-    invalid_addresses: list[str] = []
+class NewInviteForm(RecipientsFieldMixin, EventForm):
+    recipients = TextAreaField("Recipients", validators=[DataRequired("Add at least one recipient.")],
+                               description="One address per line, or separated by commas.")
+    smart_invite_id = StringField("Reference", validators=[Optional(), Length(max=256)],
+                                  description="Optional: your booking or appointment number. "
+                                              "Left empty, one is generated.")
 
+
+class AddRecipientsForm(RecipientsFieldMixin, FlaskForm):
     recipients = TextAreaField("Add recipients", validators=[DataRequired("Enter at least one address.")])
-
-    def recipient_list(self) -> list[NewRecipient] | None:
-        valid, invalid = parse_recipient_list(self.recipients.data or "")
-        if invalid:
-            self.recipients.errors = [*self.recipients.errors, "These are not valid email addresses:"]
-            self.invalid_addresses = invalid
-            return None
-        return valid
 
 
 class ActionForm(FlaskForm):

@@ -14,7 +14,7 @@ import requests
 from flask import has_request_context, request
 from sqlalchemy import select
 
-from ..api.schema import event_time_json
+from ..api.schema import event_extras_json, event_time_json
 from ..extensions import db
 from ..models import Invite, Recipient
 from .providers import ProviderError, ProviderResult
@@ -134,21 +134,7 @@ def event_body(invite: Invite) -> dict:
         end = event_time_json(invite.end, invite.tzid, False)
     event: dict = {"summary": invite.summary, "description": invite.description or "",
                    "start": start, "end": end, "tzid": invite.tzid}
-    if invite.location or invite.location_lat or invite.location_long:
-        location: dict = {"description": invite.location}
-        if invite.location_lat:
-            location["lat"] = invite.location_lat
-        if invite.location_long:
-            location["long"] = invite.location_long
-        event["location"] = location
-    if invite.url:
-        event["url"] = invite.url
-    if invite.reminders:
-        event["reminders"] = [{"minutes": m} for m in invite.reminders]
-    if invite.transparency:
-        event["transparency"] = invite.transparency
-    if invite.color:
-        event["color"] = invite.color
+    event.update(event_extras_json(invite.event))
     return event
 
 
