@@ -68,6 +68,9 @@ def from_environment(environ: dict[str, str], instance_path: str) -> dict:
     smtp_url = environ.get("SMTP_URL", "").strip()
     if smtp_url and urlsplit(smtp_url).scheme not in {"smtp", "smtps"}:
         raise ConfigError("SMTP_URL must start with smtp:// or smtps://")
+    imap_url = environ.get("IMAP_URL", "").strip()
+    if imap_url and urlsplit(imap_url).scheme not in {"imap", "imaps"}:
+        raise ConfigError("IMAP_URL must start with imaps:// or imap://")
     mail_from = MailFrom.parse(environ.get("MAIL_FROM", "invites@localhost"))
     secure = public_base_url.startswith("https://")
     uri = database_url(environ.get("DATABASE_URL"), instance_path)
@@ -83,7 +86,8 @@ def from_environment(environ: dict[str, str], instance_path: str) -> dict:
         "MAIL_FROM": mail_from,
         "SMTP_URL": smtp_url,
         "INBOUND_EMAIL_SECRET": environ.get("INBOUND_EMAIL_SECRET") or None,
-        "IMAP_URL": environ.get("IMAP_URL") or None,
+        "IMAP_URL": imap_url or None,
+        "IMAP_POLL_SECONDS": float(environ.get("IMAP_POLL_SECONDS", "30")),
         "ALLOW_PRIVATE_CALLBACK_URLS": _bool(environ.get("ALLOW_PRIVATE_CALLBACK_URLS")),
         "DEMO_MODE": _bool(environ.get("DEMO_MODE")),
         "DEFAULT_TIMEZONE": environ.get("DEFAULT_TIMEZONE", "UTC"),

@@ -3,22 +3,15 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as `.venv/bin/pytest tests/...` without a conftest
-    sys.path.insert(0, str(ROOT))
-
-from email_validator import EmailNotValidError, validate_email  # noqa: E402
-
-from smart_invites_ui.domain import EventData  # noqa: E402
-from smart_invites_ui.services.bookings_csv import (  # noqa: E402
+from smart_invites_ui.domain import EventData
+from smart_invites_ui.services.bookings_csv import (
     Booking,
     BookingRecipient,
     CsvFormatError,

@@ -107,8 +107,8 @@ def show(invite_id: int):
 
 # One query answers the unchanged poll: is the session's user still signed in
 # (same session version, still active), and which version is the invite at?
-_POLL_CHECK = (select(Invite.version, User.session_version, User.active)
-               .where(Invite.id == bindparam("invite_id"), User.id == bindparam("user_id")))
+_POLL_CHECK = (select(Invite.version, User.session_version, User.active).select_from(Invite)
+               .join(User, User.id == bindparam("user_id")).where(Invite.id == bindparam("invite_id")))
 
 
 @bp.get("/<int:invite_id>/live")

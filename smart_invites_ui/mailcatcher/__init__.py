@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from ..extensions import db
 from ..models import OutboxKind, OutboxMessage, OutboxState
 from ..services.delivery import CATCHER
+from . import reply
 
 bp = Blueprint("mailcatcher", __name__, url_prefix="/mail")
 
@@ -37,7 +38,7 @@ def _part(email: EmailMessage, content_type: str):
 
 @bp.get("")
 def index():
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = min(max(request.args.get("page", 1, type=int) or 1, 1), 100_000)  # a huge OFFSET is a database error
     per_page = 50
     total = db.session.scalar(select(func.count()).select_from(_caught().subquery())) or 0
     rows = db.session.scalars(_caught().order_by(OutboxMessage.id.desc())
@@ -53,7 +54,15 @@ def show(message_id: int):
     text = _part(email, "text/plain")
     return render_template("mailcatcher/show.html", row=row, email=email,
                            text=text.get_content() if text else "",
-                           has_html=_part(email, "text/html") is not None)
+                           has_html=_part(email, "text/html") is not None,
+                           reply_panel=reply.panel(row, email))
+
+
+@bp.post("/<int:message_id>/reply")
+def reply_as_attendee(message_id: int):
+    """The "Reply as attendee" buttons (``reply.py``): a real iTIP reply through the inbound path."""
+    row, email = _message_or_404(message_id)
+    return reply.send_reply(message_id, row, email)
 
 
 @bp.get("/<int:message_id>/body.html")

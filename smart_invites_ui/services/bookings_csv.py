@@ -60,6 +60,7 @@ __all__ = [
     "ParseResult",
     "RejectedRow",
     "csv_safe",
+    "original_rows",
     "parse_bookings",
     "rejected_rows_csv",
     "sample_csv",
@@ -230,6 +231,28 @@ def rejected_rows_csv(header: list[str], rejected: Iterable[RejectedRow]) -> byt
             + [csv_safe(v) for v in values[width:]]
         )
     return codecs.BOM_UTF8 + out.getvalue().encode("utf-8")
+
+
+def original_rows(stream: BinaryIO, result: ParseResult, row_numbers: Iterable[int]) -> dict[int, tuple[str, ...]]:
+    """The original cells of some rows of the file ``result`` was parsed from (as
+    :class:`RejectedRow` keeps them), for rows refused after parsing, by the import."""
+    wanted = set(row_numbers)
+    found: dict[int, tuple[str, ...]] = {}
+    if not wanted:
+        return found
+    stream = _seekable(stream)
+    origin = stream.tell()
+    records = _read_records(stream, origin, result.encoding, result.delimiter)
+    try:
+        for row_number, record in records:
+            if row_number in wanted:
+                found[row_number] = _row_values(record, len(result.header))
+                if len(found) == len(wanted):
+                    break
+    finally:
+        records.close()
+    stream.seek(origin)
+    return found
 
 
 _SAMPLE_ROWS = [

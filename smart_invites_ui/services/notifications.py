@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -122,8 +123,13 @@ def apply_notification(
     dedupe_key: str | None = None,
     dtstamp: datetime | None = None,
     sequence: int | None = None,
+    before_commit: Callable[[ApplyResult], None] | None = None,
 ) -> ApplyResult:
-    """Record and apply one notification in one transaction (committed here)."""
+    """Record and apply one notification in one transaction (committed here).
+
+    ``before_commit(result)`` runs inside that transaction, just before the commit, so a caller
+    can record its own bookkeeping atomically with it (the reply processor marks the email).
+    It is not called when nothing is committed (a duplicate)."""
     body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or json.dumps(payload, sort_keys=True))
     key = dedupe_key or f"{source.value}:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
     if db.session.scalar(select(Notification.id).where(Notification.dedupe_key == key)):
@@ -132,6 +138,8 @@ def apply_notification(
     reference, replies, from_reply = parse_payload(payload)
     try:
         result = _record(key, body, reference, replies, from_reply, source, dtstamp, sequence)
+        if before_commit is not None:
+            before_commit(result)
         db.session.commit()
     except IntegrityError:  # the same delivery raced us to the unique key
         db.session.rollback()

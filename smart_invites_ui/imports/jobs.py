@@ -1,0 +1,32 @@
+"""The worker's part of the import: run the imports staff confirmed.
+
+Registered in ``app.extensions["worker_hooks"]``, so ``flask worker`` calls it on
+every round. A long import keeps the outbox moving between its batches; asked to
+stop (SIGTERM), it stops after the batch in hand and is queued again, to resume.
+"""
+from __future__ import annotations
+
+import time
+
+from flask import current_app
+
+from ..services import bookings_import as service
+
+OUTBOX_EVERY_SECONDS = 2.0  # how often a long import lets the outbox deliver
+
+
+def run_queued_imports(worker) -> None:
+    """Run the oldest confirmed import, if any (one per call)."""
+    import_id = service.claim_next_import()
+    if import_id is None:
+        return
+    last_delivery = time.monotonic()
+
+    def between_batches() -> None:
+        nonlocal last_delivery
+        if time.monotonic() - last_delivery >= current_app.config.get("IMPORT_OUTBOX_EVERY_SECONDS",
+                                                                      OUTBOX_EVERY_SECONDS):
+            worker.run_once()  # emails of the bookings written so far start going out
+            last_delivery = time.monotonic()
+
+    service.run_import(import_id, should_stop=worker.stop_event.is_set, between_batches=between_batches)

@@ -1,0 +1,481 @@
+"""Attendees' reply emails (SPEC §2, INTEROP.md §3): store every message first, then read it
+and apply what it says through the one path, ``apply_notification``.
+
+``store_inbound`` keeps the raw message (committed before anything else happens), so nothing
+is lost whatever comes next. ``process_inbound`` reads it and records an outcome staff can
+see on the "Inbound mail" page: applied, duplicate, stale, ignored, unmatched or error, with
+the reason. It never raises: an exception is recorded as an error on the message.
+Whoever processes a message claims it first (``attempts`` moves by one, atomically), so the
+web process, the IMAP poller and several workers never apply the same message twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import parseaddr
+
+from flask import current_app
+from sqlalchemy import insert, inspect, or_, select, update
+
+from ..api.schema import proposal_json
+from ..domain import Proposal, RecipientStatus
+from ..extensions import db
+from ..models import InboundMessage, InboundOutcome, Invite, NotificationOutcome, NotificationSource, now_utc
+from .itip import ParsedMessage, ParsedReply, ParseError, build_reply_email, parse_message
+from .notifications import ApplyResult, apply_notification
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("http", "imap", "demo")
+#: The largest message accepted (SPEC §4: 413 above it).
+MAX_INBOUND_BYTES = 25 * 1024 * 1024
+#: Messages up to this size are read as soon as they are stored; bigger ones by the worker.
+INLINE_PROCESS_BYTES = 1024 * 1024
+#: A message claimed this long ago and still not processed was dropped by a process that died.
+ORPHAN_AFTER = timedelta(minutes=2)
+#: How often one message may be claimed before the worker stops retrying it.
+MAX_ATTEMPTS = 5
+#: Outcomes staff may ask to re-process (after adding a recipient, fixing a UID, ...).
+REPROCESSABLE = (InboundOutcome.UNMATCHED, InboundOutcome.ERROR)
+
+_CHANGING_METHODS = ("REPLY", "COUNTER")
+_MAX_TOKENS = 20
+_MAX_EMAIL = 320  # the width of the address columns
+_OUTCOME_RANK = {  # when one message carries several replies, the most telling outcome wins
+    InboundOutcome.APPLIED: 0, InboundOutcome.STALE: 1, InboundOutcome.DUPLICATE: 2,
+    InboundOutcome.IGNORED: 3, InboundOutcome.UNMATCHED: 4, InboundOutcome.ERROR: 5,
+}
+_BY_NOTIFICATION_OUTCOME = {
+    NotificationOutcome.APPLIED: InboundOutcome.APPLIED,
+    NotificationOutcome.DUPLICATE: InboundOutcome.DUPLICATE,
+    NotificationOutcome.STALE: InboundOutcome.STALE,
+    NotificationOutcome.IGNORED: InboundOutcome.IGNORED,
+    # Recorded in the invite's reply history without changing any status (INTEROP §3.5).
+    NotificationOutcome.UNKNOWN_RECIPIENT: InboundOutcome.IGNORED,
+    NotificationOutcome.UNKNOWN_INVITE: InboundOutcome.UNMATCHED,
+}
+
+
+# --- storing --------------------------------------------------------------------------------
+
+
+def store_inbound(raw: bytes, source: str, *, claim: bool = False) -> InboundMessage:
+    """Keep one raw message (committed) before anything reads it.
+
+    ``claim=True`` marks it as taken by the caller, who processes it next
+    (``process_inbound(message, claimed=True)``); otherwise the worker picks it up.
+    """
+    return db.session.get(InboundMessage, _insert(bytes(raw), source, claim=claim))
+
+
+def _insert(raw: bytes, source: str, *, claim: bool) -> int:
+    """Store and commit; the new message's id. One INSERT, not the ORM's unit of work: this
+    runs for every message, and is most of the cost of storing one."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown inbound source {source!r}")
+    values: dict = {"raw": raw, "raw_sha256": hashlib.sha256(raw).hexdigest(), "source": source,
+                    "outcome": InboundOutcome.RECEIVED, "attempts": 1 if claim else 0}
+    if claim:
+        values["processed_at"] = now_utc()  # while RECEIVED: when the claim was taken
+    else:  # left for the worker: show who sent it meanwhile (processing reads the headers better)
+        values.update(zip(("message_id", "from_address", "subject"), _summary(raw)))
+    message_id = db.session.execute(insert(InboundMessage).values(**values)).inserted_primary_key[0]
+    db.session.commit()
+    return message_id
+
+
+@dataclass(frozen=True)
+class Received:
+    """What became of one message just received (what ``POST /inbound/email`` answers)."""
+
+    id: int
+    outcome: InboundOutcome
+    reason: str = ""
+
+
+def store_refused(raw: bytes, source: str, reason: str) -> Received:
+    """Keep what can be kept of a message that is not processed (too large), with the reason."""
+    message_id = _insert(raw, source, claim=True)
+    return Received(message_id, *_finish(message_id, _Result(InboundOutcome.ERROR, reason, headers=_headers(raw))))
+
+
+def receive(raw: bytes, source: str) -> Received:
+    """Store one message, then read it right away when that is cheap (else the worker will)."""
+    raw = bytes(raw)
+    if len(raw) > INLINE_PROCESS_BYTES:
+        return Received(_insert(raw, source, claim=False), InboundOutcome.RECEIVED)
+    message_id = _insert(raw, source, claim=True)
+    return Received(message_id, *_process_claimed(message_id, raw))
+
+
+def receive_claimed(raw: bytes, source: str) -> InboundOutcome:
+    """Store one message and read it now, whatever its size (the IMAP poller: it moves the
+    message out of the mailbox once the outcome is known)."""
+    raw = bytes(raw)
+    return _process_claimed(_insert(raw, source, claim=True), raw)[0]
+
+
+def _id(message: InboundMessage) -> int:
+    """The primary key without reloading a message its commit expired."""
+    identity = inspect(message).identity
+    return identity[0] if identity else message.id
+
+
+def _summary(raw: bytes) -> tuple[str, str, str]:
+    """Message-ID, From and Subject for the list page, read from the top headers only.
+
+    Never fails: a message whose headers cannot be read is still stored."""
+    try:
+        end = min(len(raw), 256 * 1024)
+        for separator in (b"\r\n\r\n", b"\n\n"):
+            found = raw.find(separator, 0, end)
+            if found >= 0:
+                end = found
+                break
+        headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:end])
+        message_id = _text(str(headers.get("Message-ID", "")))
+        _, from_address = parseaddr(_text(str(headers.get("From", ""))))
+        subject = str(headers.get("Subject", ""))
+        try:
+            subject = str(make_header(decode_header(subject)))
+        except Exception:  # unknown charsets, broken encoded words: show it as received
+            pass
+        return message_id[:998], _text(from_address).lower()[:_MAX_EMAIL], _text(subject)[:998]
+    except Exception:
+        return "", "", ""
+
+
+def _storable(value: str) -> bool:
+    """Whether a database takes ``value`` as it is (PostgreSQL refuses NUL and lone surrogates);
+    a value that cannot be stored cannot match a stored one either."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
+
+
+def _headers(raw: bytes) -> dict:
+    return dict(zip(("message_id", "from_address", "subject"), _summary(raw)))
+
+
+def _text(value: str) -> str:
+    """Printable one-line text a database column takes (no NUL, no lone surrogates)."""
+    try:
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return " ".join(value.replace("\x00", "").split())
+
+
+# --- processing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Result:
+    outcome: InboundOutcome
+    reason: str
+    invite_id: int | None = None
+    headers: dict = field(default_factory=dict)  # what the parser read better than the store did
+    recorded: bool = False  # already written (and committed) with the reply it applied
+
+
+def process_inbound(message: InboundMessage, *, claimed: bool = False) -> InboundOutcome:
+    """Read one stored message and apply the replies it carries; record and return the outcome.
+
+    Never raises. ``claimed`` says the caller already holds the claim (``store_inbound(claim=True)``).
+    """
+    message_id = _id(message)
+    try:
+        if not claimed and not _claim(message):
+            db.session.refresh(message)
+            return message.outcome  # another process has it
+    except Exception:
+        log.exception("inbound message %s could not be claimed", message_id)
+        db.session.rollback()
+        return InboundOutcome.RECEIVED  # still stored; the worker tries again
+    return _process_claimed(message_id)[0]
+
+
+def _process_claimed(message_id: int, raw: bytes | None = None) -> tuple[InboundOutcome, str]:
+    try:
+        if raw is None:
+            raw = db.session.scalar(select(InboundMessage.raw).where(InboundMessage.id == message_id))
+        result = _process(message_id, raw)
+    except Exception as exc:  # a bug or a database error: keep the message, say why
+        log.exception("inbound message %s could not be processed", message_id)
+        db.session.rollback()
+        result = _Result(InboundOutcome.ERROR, f"internal error while processing: {type(exc).__name__}: {exc}"[:2000],
+                         headers=_headers(raw or b""))
+    if result.recorded:
+        return result.outcome, result.reason
+    return _finish(message_id, result)
+
+
+def _claim(message: InboundMessage) -> bool:
+    """Take the message for processing: only one caller wins, even across processes."""
+    seen = message.attempts
+    claimed = db.session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.id == _id(message), InboundMessage.attempts == seen,
+               InboundMessage.outcome == InboundOutcome.RECEIVED)
+        .values(attempts=seen + 1, processed_at=now_utc())
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    db.session.commit()
+    return claimed
+
+
+def _write_outcome(message_id: int, result: _Result) -> _Result:
+    """UPDATE the message with ``result`` in the current transaction (not committed)."""
+    result = replace(result, reason=_text(result.reason)[:4000])
+    values: dict = {"outcome": result.outcome, "reason": result.reason, "processed_at": now_utc(), **result.headers}
+    if result.invite_id is not None:
+        values["invite_id"] = result.invite_id
+    db.session.execute(update(InboundMessage).where(InboundMessage.id == message_id).values(**values)
+                       .execution_options(synchronize_session=False))
+    return result
+
+
+def _finish(message_id: int, result: _Result) -> tuple[InboundOutcome, str]:
+    """Record the outcome, committed; returns (outcome, reason)."""
+    try:
+        result = _write_outcome(message_id, result)
+        db.session.commit()
+    except Exception:
+        log.exception("could not record the outcome of inbound message %s", message_id)
+        db.session.rollback()
+        return InboundOutcome.ERROR, result.reason
+    return result.outcome, result.reason
+
+
+def _process(message_id: int, raw: bytes) -> _Result:
+    try:
+        parsed = parse_message(raw, current_app.config["MAIL_FROM"].address)
+    except ParseError as exc:
+        return _Result(InboundOutcome.ERROR, str(exc), headers=_headers(raw))
+    headers = {key: value for key, value in (("message_id", _text(parsed.message_id)[:998]),
+                                             ("from_address", _text(parsed.from_address)[:_MAX_EMAIL]),
+                                             ("subject", _text(parsed.subject)[:998])) if value}
+    identity = parsed.message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+    changing = [reply for reply in parsed.replies if reply.method in _CHANGING_METHODS]
+    ignored_methods = dict.fromkeys(reply.method for reply in parsed.replies if reply.method not in _CHANGING_METHODS)
+    if len(changing) == 1 and not ignored_methods:  # nearly every real reply
+        return _apply(parsed, changing[0], identity, record=(message_id, headers))
+    results = [_apply(parsed, reply, identity) for reply in changing]
+    results += [_Result(InboundOutcome.IGNORED, _ignored_method(method)) for method in ignored_methods]
+    return replace(_combine(results), headers=headers)
+
+
+def _ignored_method(method: str) -> str:
+    if method in ("REQUEST", "CANCEL"):
+        return f"METHOD:{method} is an invitation, not a reply (a forwarded invite?); ignored"
+    if not method:
+        return "the calendar has no METHOD, so it is not a reply; ignored"
+    return f"METHOD:{_text(method)[:40]} is not a reply; ignored"
+
+
+def _combine(results: list[_Result]) -> _Result:
+    best = min(results, key=lambda r: _OUTCOME_RANK[r.outcome])
+    invite_id = best.invite_id or next((r.invite_id for r in results if r.invite_id), None)
+    reasons = list(dict.fromkeys(r.reason for r in results if r.reason))
+    return _Result(best.outcome, "; ".join(reasons), invite_id)
+
+
+def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str,
+           record: tuple[int, dict] | None = None) -> _Result:
+    """Apply one reply through ``apply_notification``.
+
+    With ``record`` (the message's id and headers), the message's outcome is written in the
+    same transaction as what the reply changed, so both commit together: no moment where a
+    status changed but the message still reads "received", and one commit per message.
+    """
+    invite, note = _find_invite(reply.uid, parsed.tokens)
+    headers = record[1] if record else {}
+    if invite is None:
+        return _Result(InboundOutcome.UNMATCHED, note, headers=headers)
+    email = _text(reply.attendee_email).lower()
+    if not email or len(email) > _MAX_EMAIL:
+        return _Result(InboundOutcome.IGNORED, "the reply names no usable attendee address", invite.id, headers)
+    answer = "proposed a new time" if reply.method == "COUNTER" else (
+        reply.status.value if reply.status else f"PARTSTAT {reply.partstat or 'missing'}")
+
+    def outcome(result: ApplyResult) -> _Result:
+        if result.outcome == NotificationOutcome.APPLIED:
+            text = f"{email} {answer}"
+        elif result.outcome == NotificationOutcome.DUPLICATE:
+            text = f"{email} {answer}: this reply was already received"
+        elif result.outcome == NotificationOutcome.UNKNOWN_RECIPIENT:
+            text = f"{email} is not invited: recorded in the reply history, no status changed"
+        else:
+            text = result.detail or f"{email} {answer}: nothing to change"
+        return _Result(_BY_NOTIFICATION_OUTCOME[result.outcome], "; ".join(filter(None, (text, note))), invite.id,
+                       headers)
+
+    written: list[_Result] = []
+
+    def write(result: ApplyResult) -> None:
+        written.append(_write_outcome(record[0], outcome(result)))
+
+    payload = {"notification": {"type": "smart_invite"},
+               "smart_invite": {"smart_invite_id": invite.smart_invite_id, "reply": _reply_json(reply, email)}}
+    result = apply_notification(payload, source=NotificationSource.EMAIL, dedupe_key=_dedupe_key(identity, reply),
+                                dtstamp=reply.dtstamp, sequence=reply.sequence,
+                                before_commit=write if record else None)
+    if written and result.notification is not None:  # committed with the reply
+        return replace(written[0], recorded=True)
+    return outcome(result)  # nothing was committed (a duplicate): the caller records it
+
+
+def _reply_json(reply: ParsedReply, email: str) -> dict:
+    if reply.method == "COUNTER":
+        status = RecipientStatus.TENTATIVE.value  # a proposal, not a decline (INTEROP §3.8)
+    elif reply.status is not None:
+        status = reply.status.value
+    else:  # unknown to us (Google's DELETED): recorded, not applied
+        status = _text(reply.partstat).lower()[:40] or "unknown"
+    data: dict = {"email": email, "status": status}
+    comment = _text(reply.comment)
+    if comment:
+        data["comment"] = comment[:4000]
+    if reply.method == "COUNTER" and reply.proposal is not None:
+        data["proposal"] = proposal_json(reply.proposal)
+    return data
+
+
+def _dedupe_key(identity: str, reply: ParsedReply) -> str:
+    """The same message read twice gives the same key, so the second is a "duplicate"."""
+    parts = (identity, reply.method, reply.uid, reply.recurrence_id or "", reply.attendee_email, reply.partstat,
+             reply.dtstamp.isoformat() if reply.dtstamp else "", str(reply.sequence))
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"email:{digest}"
+
+
+@dataclass(frozen=True)
+class _Match:
+    id: int
+    smart_invite_id: str
+
+
+def _find_invite(uid: str, tokens: tuple[str, ...]) -> tuple[_Match | None, str]:
+    """The invite a reply is about, by its UID and the token of the address it was sent to.
+
+    Either one finds it; when both are there they must agree. Returns (invite, a note).
+    """
+    uids = {uid, uid.lower()} if uid and len(uid) <= 255 and _storable(uid) else set()
+    wanted = {token.lower() for token in tokens[:_MAX_TOKENS] if 0 < len(token) <= 64 and _storable(token)}
+    conditions = ([Invite.uid.in_(uids)] if uids else []) + ([Invite.reply_token.in_(wanted)] if wanted else [])
+    found = db.session.execute(select(Invite.id, Invite.smart_invite_id, Invite.uid, Invite.reply_token)
+                               .where(or_(*conditions))).all() if conditions else []
+    by_uid = next((_Match(row.id, row.smart_invite_id) for row in found if row.uid in uids), None)
+    by_token = [_Match(row.id, row.smart_invite_id) for row in found if row.reply_token in wanted]
+    shown_uid = _text(uid)[:120] or "(none)"
+    if by_uid is not None:
+        if by_token and by_uid not in by_token:
+            return None, (f"the UID {shown_uid} and the address it was sent to name different invites; "
+                          "not applied")
+        return by_uid, ""
+    if len(by_token) == 1:
+        return by_token[0], f"matched by the address it was sent to (its UID {shown_uid} is not the invite's)"
+    if len(by_token) > 1:
+        return None, f"no invite has the UID {shown_uid}, and it was sent to the addresses of several invites"
+    if tokens:
+        return None, f"no invite has the UID {shown_uid} or the address token {_text(tokens[0])[:64]}"
+    return None, f"no invite has the UID {shown_uid}"
+
+
+# --- the worker's share, and staff's re-process ---------------------------------------------
+
+
+def process_pending(limit: int = 50, *, should_stop=lambda: False) -> int:
+    """Process stored messages nobody is processing: new ones left for the worker (too big
+    to read inline) and ones whose processing died half-way. Returns how many were done."""
+    orphaned = now_utc() - ORPHAN_AFTER
+    rows = db.session.scalars(
+        select(InboundMessage)
+        .where(InboundMessage.outcome == InboundOutcome.RECEIVED,
+               or_(InboundMessage.attempts == 0,
+                   (InboundMessage.attempts < MAX_ATTEMPTS) & (InboundMessage.processed_at < orphaned)))
+        .order_by(InboundMessage.id).limit(limit)
+    ).all()
+    done = 0
+    for message in rows:
+        if should_stop():
+            break
+        process_inbound(message)
+        done += 1
+    _give_up_on_poison(orphaned)
+    return done
+
+
+def is_orphaned(message: InboundMessage) -> bool:
+    """Stored and never claimed, or claimed by a process that has not finished in ORPHAN_AFTER."""
+    return message.outcome == InboundOutcome.RECEIVED and (
+        message.attempts == 0 or message.processed_at is None or message.processed_at < now_utc() - ORPHAN_AFTER)
+
+
+def _give_up_on_poison(orphaned: datetime) -> None:
+    """A message that killed its processor MAX_ATTEMPTS times is marked as an error, not retried forever."""
+    stuck = db.session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.outcome == InboundOutcome.RECEIVED, InboundMessage.attempts >= MAX_ATTEMPTS,
+               InboundMessage.processed_at < orphaned)
+        .values(outcome=InboundOutcome.ERROR, processed_at=now_utc(),
+                reason=f"processing did not finish after {MAX_ATTEMPTS} attempts")
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    if stuck:
+        log.warning("%d inbound message(s) gave up after %d attempts", stuck, MAX_ATTEMPTS)
+
+
+def reprocess(message: InboundMessage) -> InboundOutcome:
+    """Read an unmatched or failed message again (after a fix); other outcomes are final."""
+    if message.outcome not in REPROCESSABLE:
+        raise ValueError(f"a message that was {message.outcome.value} is not re-processed")
+    reset = db.session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.id == message.id, InboundMessage.outcome.in_(REPROCESSABLE))
+        .values(outcome=InboundOutcome.RECEIVED, attempts=InboundMessage.attempts + 1, processed_at=now_utc())
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    db.session.commit()
+    if not reset:  # someone else re-processed it meanwhile
+        db.session.refresh(message)
+        return message.outcome
+    outcome = process_inbound(message, claimed=True)
+    db.session.refresh(message)
+    return outcome
+
+
+# --- the mail catcher's "Reply as attendee" -------------------------------------------------
+
+DEMO_ANSWERS = {"accepted": "ACCEPTED", "declined": "DECLINED", "tentative": "TENTATIVE"}
+
+
+def demo_replies_enabled(config) -> bool:
+    """Only without a real mail server (SMTP_URL unset) or in DEMO_MODE."""
+    return not config.get("SMTP_URL") or bool(config.get("DEMO_MODE"))
+
+
+def demo_reply(*, invite_ics: bytes, attendee_email: str, to_address: str, shape: str, answer: str,
+               comment: str = "", proposal: Proposal | None = None) -> Received:
+    """Write the reply a real client would send and feed it to the same ingest path as real mail.
+
+    ``answer`` is accepted, declined or tentative; a ``proposal`` makes it a COUNTER.
+    Raises ``ValueError`` for a combination no client sends (Apple proposing a time).
+    """
+    if proposal is None and answer not in DEMO_ANSWERS:
+        raise ValueError(f"unknown answer {answer!r}")
+    raw = build_reply_email(shape=shape, invite_ics=invite_ics, attendee_email=attendee_email,
+                            partstat=DEMO_ANSWERS.get(answer, "TENTATIVE"), to_address=to_address,
+                            comment=comment, proposal=proposal)
+    return receive(raw, "demo")
+
