@@ -431,5 +431,7 @@ class BookingImport(db.Model):
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=now_utc)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A running import is leased to its worker; one whose worker died is taken again after it.
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     user: Mapped[User | None] = relationship()

@@ -579,3 +579,37 @@ def test_an_exported_file_imports_back_unchanged(staff, run_imports):
     record = import_through_pages(staff, run_imports, body)
     assert (record.created_count, record.updated_count, record.unchanged_count, record.rejected_count) == (0, 0, 3, 0)
     assert outbox_count() == before
+
+
+def test_an_import_whose_worker_died_is_taken_over_after_its_lease(app, staff):
+    """kill -9 mid-import: the import stays 'running', leased; once the lease runs out
+    another worker claims it and resumes after the last batch written."""
+    app.config["IMPORT_BATCH_ROWS"] = 10
+    import_id = queued_import(staff, many_bookings(25))
+    batches = iter(range(100))
+    assert bookings_import.claim_next_import() == import_id
+
+    class WorkerDied(BaseException):  # not an Exception: nothing in the import may catch it
+        pass
+
+    def die_after_two_batches():
+        if next(batches) >= 2:
+            raise WorkerDied()
+        bookings_import.renew_lease(import_id)
+
+    with pytest.raises(WorkerDied):
+        bookings_import.run_import(import_id, between_batches=die_after_two_batches)
+    db.session.rollback()
+    record = db.session.get(BookingImport, import_id)
+    assert record.state == ImportState.RUNNING and record.processed_rows == 30
+    assert bookings_import.claim_next_import() is None  # the lease still holds
+
+    record.lease_until = datetime.now(timezone.utc) - timedelta(seconds=1)
+    db.session.commit()
+    assert bookings_import.claim_next_import() == import_id
+    assert bookings_import.run_import(import_id) == ImportState.DONE
+    db.session.expire_all()
+    record = db.session.get(BookingImport, import_id)
+    assert (record.processed_rows, record.created_count) == (50, 25)
+    assert db.session.scalar(select(func.count()).select_from(Invite)) == 25 and whole_bookings()
+    assert outbox_count() == 50

@@ -3,6 +3,9 @@
 Registered in ``app.extensions["worker_hooks"]``, so ``flask worker`` calls it on
 every round. A long import keeps the outbox moving between its batches; asked to
 stop (SIGTERM), it stops after the batch in hand and is queued again, to resume.
+The import is leased to the worker, renewed after every batch: if the worker dies
+(kill -9, out of memory), another takes it over once the lease runs out and
+resumes after the last batch written.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ def run_queued_imports(worker) -> None:
 
     def between_batches() -> None:
         nonlocal last_delivery
+        service.renew_lease(import_id)
         if time.monotonic() - last_delivery >= current_app.config.get("IMPORT_OUTBOX_EVERY_SECONDS",
                                                                       OUTBOX_EVERY_SECONDS):
             worker.run_once()  # emails of the bookings written so far start going out

@@ -27,13 +27,13 @@ import enum
 import io
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from hashlib import blake2b
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 from zoneinfo import ZoneInfo
 
 from flask import current_app
-from sqlalchemy import select, text, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased, selectinload
 
@@ -489,21 +489,40 @@ def queue_import(import_id: int) -> bool:
     return bool(taken)
 
 
+IMPORT_LEASE = timedelta(minutes=2)
+
+
+def _claimable(now: datetime):
+    # Queued, or running under a lease that ran out (its worker died: kill -9, out of memory).
+    return or_(BookingImport.state == ImportState.QUEUED,
+               and_(BookingImport.state == ImportState.RUNNING, BookingImport.lease_until < now))
+
+
 def claim_next_import() -> int | None:
-    """Take the oldest queued import for this worker (several workers never take the same one)."""
+    """Take the oldest claimable import for this worker (several workers never take the same one)."""
+    now = now_utc()
     candidate = db.session.scalar(
-        select(BookingImport.id).where(BookingImport.state == ImportState.QUEUED)
+        select(BookingImport.id).where(_claimable(now))
         .order_by(BookingImport.id).limit(1).with_for_update(skip_locked=True)
     )
     if candidate is None:
         db.session.rollback()
         return None
     taken = db.session.execute(
-        update(BookingImport).where(BookingImport.id == candidate, BookingImport.state == ImportState.QUEUED)
-        .values(state=ImportState.RUNNING).execution_options(synchronize_session=False)
+        update(BookingImport).where(BookingImport.id == candidate, _claimable(now))
+        .values(state=ImportState.RUNNING, lease_until=now + IMPORT_LEASE)
+        .execution_options(synchronize_session=False)
     ).rowcount
     db.session.commit()
     return candidate if taken else None
+
+
+def renew_lease(import_id: int) -> None:
+    """Called between batches: the import is still in hand."""
+    db.session.execute(update(BookingImport).where(BookingImport.id == import_id)
+                       .values(lease_until=now_utc() + IMPORT_LEASE)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
 
 
 def run_import(import_id: int, *, should_stop: Callable[[], bool] = lambda: False,
