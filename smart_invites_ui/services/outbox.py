@@ -166,9 +166,10 @@ def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
     ), token, lease_seconds)
 
 
-def _still_ours(message_id: int, claimed: Claim) -> bool:
+def _still_ours(message_id: int, claimed: Claim, *, commit: bool = True) -> bool:
     """Renew the lease on one row just before delivering it. A batch can outlast its
-    lease (a slow SMTP server); a row another worker has taken over since is theirs."""
+    lease (a slow SMTP server); a row another worker has taken over since is theirs.
+    ``commit=False`` folds the renewal into the transaction recording the previous row."""
     result = db.session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id == message_id, OutboxMessage.claimed_by == claimed.token,
@@ -176,7 +177,8 @@ def _still_ours(message_id: int, claimed: Claim) -> bool:
         .values(lease_until=now_utc() + timedelta(seconds=claimed.lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    db.session.commit()
+    if commit:
+        db.session.commit()
     return result.rowcount == 1
 
 
@@ -243,6 +245,7 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
     """
     stats = DeliveryStats(ids=list(ids))
     ours = [OutboxMessage.claimed_by == ids.token] if isinstance(ids, Claim) else []
+    renewed: dict[int, bool] = {}  # next row's lease, renewed in the previous row's commit
     for index, message_id in enumerate(ids):
         if should_stop():
             db.session.execute(
@@ -254,7 +257,7 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
             )
             db.session.commit()
             break
-        if isinstance(ids, Claim) and not _still_ours(message_id, ids):
+        if isinstance(ids, Claim) and not renewed.pop(message_id, None) and not _still_ours(message_id, ids):
             continue
         message = db.session.get(OutboxMessage, message_id)
         if message is None or message.state != OutboxState.SENDING:
@@ -274,6 +277,9 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
             result = finish(message, outcome, max_attempts=max_attempts_for(message),
                             give_up_at=give_up_for(message))
             setattr(stats, result, getattr(stats, result) + 1)
+        if isinstance(ids, Claim) and index + 1 < len(ids):
+            # One commit records this outcome and renews the next row's lease.
+            renewed[ids[index + 1]] = _still_ours(ids[index + 1], ids, commit=False)
         db.session.commit()
     return stats
 
