@@ -8,5 +8,7 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"  # stdout
+# Path without the query string: POST /inbound/email?secret=... must not leave its secret in logs.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
 errorlog = "-"
 forwarded_allow_ips = "*"  # the router is the only way in; ProxyFix trusts one hop

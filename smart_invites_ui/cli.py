@@ -81,14 +81,14 @@ def demo_login() -> None:
 
 
 @click.command("worker")
-@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@click.option("--once", is_flag=True, help="Poll IMAP, run queued imports, deliver what is due, then exit.")
 def worker(once: bool) -> None:
     """Deliver the outbox (emails, callbacks) until stopped with SIGTERM."""
     from .worker import Worker
 
     runner = Worker(current_app._get_current_object())
     if once:
-        runner.run_until_idle()
+        runner.run_everything_once()
         return
     runner.install_signal_handlers()
     runner.run()

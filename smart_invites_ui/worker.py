@@ -53,6 +53,11 @@ class Worker:
             if not stats.ids:
                 return
 
+    def run_everything_once(self) -> None:
+        """`flask worker --once`: the background duties (IMAP poll, imports), then the outbox."""
+        self.run_hooks()
+        self.run_until_idle()
+
     def run(self) -> None:
         poll = self.app.config["WORKER_POLL_SECONDS"]
         log.info("worker %s started", self.worker_id)

@@ -147,3 +147,30 @@ def test_the_migrations_build_exactly_the_models(app):
 
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), db.metadata) == []
+
+
+def test_the_access_log_never_holds_the_inbound_secret(app, database_url, tmp_path):
+    import requests
+
+    from tests.conftest import start_live_server
+
+    server = start_live_server(database_url, worker=False, log_dir=tmp_path,
+                               extra_env={"INBOUND_EMAIL_SECRET": "s3cret-in-the-url"})
+    try:
+        response = requests.post(server.url + "/inbound/email?secret=s3cret-in-the-url", timeout=10,
+                                 data=b"Subject: hi\r\n\r\nnot a reply\r\n",
+                                 headers={"Content-Type": "message/rfc822"})
+        assert response.status_code == 200
+    finally:
+        server.stop()
+    log = "".join(p.read_text() for p in tmp_path.glob("web-*.log"))
+    assert "POST /inbound/email" in log
+    assert "s3cret-in-the-url" not in log
+
+
+def test_worker_once_also_runs_the_background_duties(app, runner):
+    calls = []
+    app.extensions.setdefault("worker_hooks", []).append(lambda worker: calls.append(worker.worker_id))
+    result = runner.invoke(args=["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
