@@ -1,7 +1,6 @@
 """Settings read from the environment (SPEC §3), validated at start-up."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit

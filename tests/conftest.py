@@ -293,18 +293,6 @@ def live_server(app, database_url):
 
 
 @pytest.fixture
-def fresh_request_state(app):
-    """Requests share the test's app context, hence ``g``: move ``fresh_g`` before every
-    other before_request hook, so the login check never sees the user (or CSRF token)
-    cached by the previous request or by another client, as in production."""
-    hooks = app.before_request_funcs.setdefault(None, [])
-    for hook in [h for h in hooks if h.__name__ == "fresh_g"]:
-        hooks.remove(hook)
-        hooks.insert(0, hook)
-    return app
-
-
-@pytest.fixture
 def fast_passwords(monkeypatch):
     """For tests about something other than passwords: a cheap (still salted) hash
     instead of scrypt's deliberate ~0.15 s, so logging in costs almost nothing."""

@@ -13,7 +13,7 @@ from smart_invites_ui.security import PUBLIC_ENDPOINTS, access_of
 from smart_invites_ui.services.notifications import apply_notification
 from tests.conftest import csrf_from, make_invite
 
-pytestmark = pytest.mark.usefixtures("fresh_request_state", "fast_passwords")
+pytestmark = pytest.mark.usefixtures("fast_passwords")
 
 XSS = "<script>alert(1)</script>"
 

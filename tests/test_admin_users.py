@@ -11,7 +11,7 @@ from smart_invites_ui.models import Role, User
 from smart_invites_ui.services import users as user_service
 from tests.conftest import PASSWORD, Auth, csrf_from
 
-pytestmark = pytest.mark.usefixtures("fresh_request_state", "fast_passwords")
+pytestmark = pytest.mark.usefixtures("fast_passwords")
 
 
 @pytest.fixture

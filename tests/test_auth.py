@@ -12,7 +12,6 @@ from smart_invites_ui.services import users as user_service
 
 from tests.conftest import PASSWORD, csrf_from
 
-pytestmark = pytest.mark.usefixtures("fresh_request_state")
 
 
 def login(client, email, password=PASSWORD, next_url=None):

@@ -20,7 +20,6 @@ from smart_invites_ui.services import users as user_service
 from smart_invites_ui.services.callbacks import SIGNATURE_HEADER, sign
 from tests.conftest import PASSWORD, csrf_from, future, make_app
 
-pytestmark = pytest.mark.usefixtures("fresh_request_state")
 
 WEBHOOK_SECRET = "test-cronofy-secret"  # the app fixture's CRONOFY_CLIENT_SECRETS
 EVIL = "evil@example.org"

@@ -67,7 +67,7 @@ def run_imports(app):
 
 
 @pytest.fixture
-def staff(auth, fast_passwords, fresh_request_state):
+def staff(auth, fast_passwords):
     auth.login()
     return auth
 

@@ -17,7 +17,7 @@ from smart_invites_ui.services import outbox
 from smart_invites_ui.services.notifications import apply_notification
 from tests.conftest import future, make_invite
 
-pytestmark = pytest.mark.usefixtures("fresh_request_state", "fast_passwords")
+pytestmark = pytest.mark.usefixtures("fast_passwords")
 
 UTC = timezone.utc
 

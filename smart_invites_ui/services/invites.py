@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import and_, case, exists, func, insert, or_, select, text, true, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, text, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
