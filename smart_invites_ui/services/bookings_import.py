@@ -84,12 +84,26 @@ class Decision:
 
 
 @dataclass
-class ImportReport:
-    """Bookings created, updated and left unchanged, and the rows rejected."""
+class _Counts:
+    """Bookings created, updated and left unchanged."""
 
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+
+    def add(self, action: Action) -> None:
+        if action == Action.CREATE:
+            self.created += 1
+        elif action == Action.UPDATE:
+            self.updated += 1
+        elif action == Action.UNCHANGED:
+            self.unchanged += 1
+
+
+@dataclass
+class ImportReport(_Counts):
+    """Bookings created, updated and left unchanged, and the rows rejected."""
+
     rejected: list[RejectedRow] = field(default_factory=list)
     total_rows: int = 0
     duplicate_rows: int = 0
@@ -99,13 +113,6 @@ class ImportReport:
     def rejected_count(self) -> int:
         return len(self.rejected)
 
-    def add(self, action: Action) -> None:
-        if action == Action.CREATE:
-            self.created += 1
-        elif action == Action.UPDATE:
-            self.updated += 1
-        elif action == Action.UNCHANGED:
-            self.unchanged += 1
 
 
 # --------------------------------------------------------------------------- deciding
@@ -275,25 +282,16 @@ def _organizer(user: User | None) -> str:
 
 
 @dataclass
-class _Progress:
+class _Progress(_Counts):
     """Where an import stands; saved with each batch."""
 
     processed_rows: int = 0
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
 
     def plus(self, other: "_Progress") -> "_Progress":
-        return _Progress(self.processed_rows + other.processed_rows, self.created + other.created,
-                         self.updated + other.updated, self.unchanged + other.unchanged)
+        return _Progress(processed_rows=self.processed_rows + other.processed_rows,
+                         created=self.created + other.created, updated=self.updated + other.updated,
+                         unchanged=self.unchanged + other.unchanged)
 
-    def add(self, action: Action) -> None:
-        if action == Action.CREATE:
-            self.created += 1
-        elif action == Action.UPDATE:
-            self.updated += 1
-        elif action == Action.UNCHANGED:
-            self.unchanged += 1
 
 
 def apply_bookings(
@@ -318,8 +316,8 @@ def apply_bookings(
     progress = _Progress(processed_rows=not_bookings)
     skip_rows = 0
     if booking_import is not None and booking_import.processed_rows > 0:  # resuming
-        progress = _Progress(booking_import.processed_rows, booking_import.created_count,
-                             booking_import.updated_count, booking_import.unchanged_count)
+        progress = _Progress(processed_rows=booking_import.processed_rows, created=booking_import.created_count,
+                             updated=booking_import.updated_count, unchanged=booking_import.unchanged_count)
         skip_rows = booking_import.processed_rows - not_bookings
     if import_id is not None:
         _save_progress(import_id, progress)
