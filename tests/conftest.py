@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
@@ -373,3 +374,46 @@ def http_recorder():
     server = RecordingServer()
     yield server
     server.stop()
+
+
+# --- a real browser: Debian's chromium driven by Playwright ------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+#: Marks for a test module that drives the browser.
+BROWSER_TESTS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
+]
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            # Without the background-networking flags chromium keeps dialling out of this closed network.
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield browser
+        browser.close()
+
+
+def new_page(context):
+    """A page of ``context`` that records console errors in ``page.console_errors`` (CSP violations show there)."""
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    page.console_errors = []
+    page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
+    return page
+
+
+def log_in(page, email: str, next_path: str = "/invites") -> None:
+    page.goto(next_path)  # every page sends a stranger to /login first
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**" + next_path)

@@ -3,47 +3,21 @@ gunicorn and the worker started as the Procfile starts them."""
 from __future__ import annotations
 
 import json
-import shutil
-
 import pytest
 import requests
 
 from smart_invites_ui.models import Invite, Role
 from smart_invites_ui.services import users as user_service
 from smart_invites_ui.services.callbacks import sign
-from tests.conftest import PASSWORD
+from tests.conftest import BROWSER_TESTS, PASSWORD, log_in, new_page
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
-]
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        yield browser
-        browser.close()
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture
 def page(browser, live_server):
     context = browser.new_context(base_url=live_server.url)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.console_errors = errors
-    yield page
+    yield new_page(context)
     context.close()
 
 
@@ -60,10 +34,7 @@ def test_create_watch_live_remove_and_cancel(app, live_server, page):
 
     page.goto("/invites")
     assert "/login" in page.url  # every page needs a login
-    page.fill("input[name=email]", "reception@example.org")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/invites")
+    log_in(page, "reception@example.org")
 
     page.goto("/invites/new")
     assert page.input_value("select[name=tzid]") == "Europe/London"  # the user's zone by default

@@ -4,7 +4,6 @@ going from the waiting progress bar to done without a reload."""
 from __future__ import annotations
 
 import codecs
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,9 @@ import pytest
 
 from smart_invites_ui.models import Role
 from smart_invites_ui.services import users as user_service
-from tests.conftest import PASSWORD, start_live_server
-from tests.test_browser import CHROMIUM, browser  # noqa: F401 - the shared browser fixture
+from tests.conftest import BROWSER_TESTS, PASSWORD, log_in, new_page, start_live_server
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
-]
+pytestmark = BROWSER_TESTS
 
 BOOKINGS = (
     "booking_ref,email,name,summary,location,start,end,timezone\r\n"
@@ -46,24 +41,15 @@ def start_worker(server) -> None:
 
 
 @pytest.fixture
-def page(browser, server):  # noqa: F811
+def page(browser, server):
     context = browser.new_context(base_url=server.url, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.console_errors = errors
-    yield page
+    yield new_page(context)
     context.close()
 
 
 def test_upload_preview_confirm_and_watch_the_import_finish(app, server, page):
     user_service.create_user("reception@example.org", PASSWORD, Role.STAFF, timezone="Europe/London")
-    page.goto("/imports")
-    page.fill("input[name=email]", "reception@example.org")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.goto("/imports")
+    log_in(page, "reception@example.org", "/imports")
     assert page.locator("nav a[aria-current=page]").inner_text() == "Import"
 
     page.set_input_files("input[type=file]", files=[{"name": "physio.csv", "mimeType": "text/csv",

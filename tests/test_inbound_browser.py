@@ -7,23 +7,17 @@ without a reload, and the admin sees both on "Inbound mail".
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from smart_invites_ui.models import Role
 from smart_invites_ui.services import users as user_service
-from tests.conftest import PASSWORD
-from tests.test_browser import CHROMIUM, browser  # noqa: F401 - the shared browser fixture
+from tests.conftest import BROWSER_TESTS, PASSWORD, log_in, new_page
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
-]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture
-def context(browser, live_server):  # noqa: F811
+def context(browser, live_server):
     context = browser.new_context(base_url=live_server.url)
     context.set_default_timeout(15000)
     yield context
@@ -32,14 +26,9 @@ def context(browser, live_server):  # noqa: F811
 
 def test_a_reply_from_the_mail_catcher_arrives_on_the_live_page(app, live_server, context):
     user_service.create_user("admin@example.org", PASSWORD, Role.ADMIN, timezone="Europe/London")
-    staff = context.new_page()
-    errors: list[str] = []
-    staff.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    staff.goto("/login")
-    staff.fill("input[name=email]", "admin@example.org")
-    staff.fill("input[name=password]", PASSWORD)
-    staff.click("button[type=submit]")
-    staff.wait_for_url("**/invites")
+    staff = new_page(context)
+    errors = staff.console_errors
+    log_in(staff, "admin@example.org")
 
     staff.goto("/invites/new")
     staff.fill("input[name=summary]", "Physio assessment")
