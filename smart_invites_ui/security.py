@@ -15,6 +15,15 @@ CSP = (
 )
 
 
+def security_headers(config) -> list[tuple[str, str]]:
+    """The headers every response carries (a view may set its own instead)."""
+    headers = [("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"),
+               ("X-Frame-Options", "DENY"), ("Referrer-Policy", "same-origin")]
+    if config.get("SESSION_COOKIE_SECURE"):
+        headers.append(("Strict-Transport-Security", "max-age=31536000"))
+    return headers
+
+
 def public(reason: str) -> Callable:
     """Mark a view as reachable without a login; ``reason`` says what protects it instead."""
 
@@ -23,13 +32,6 @@ def public(reason: str) -> Callable:
         return view
 
     return mark
-
-
-def login_checked_in_view(view: Callable) -> Callable:
-    """The view needs a login but checks it itself (the live poll folds the check
-    into the query it makes anyway); it must answer ``unauthorized()`` when not."""
-    view.login_checked_in_view = True
-    return view
 
 
 def access_of(app: Flask, endpoint: str) -> str:
@@ -52,8 +54,6 @@ def init_app(app: Flask) -> None:
             return None  # 404/405 are answered by Flask
         if access_of(current_app, endpoint) != "login":
             return None
-        if getattr(current_app.view_functions[endpoint], "login_checked_in_view", False):
-            return None
         if not current_user.is_authenticated:
             return current_app.login_manager.unauthorized()
         return None
@@ -74,11 +74,9 @@ def init_app(app: Flask) -> None:
         return None
 
     @app.after_request
-    def security_headers(response):
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        if app.config.get("SESSION_COOKIE_SECURE"):
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    def add_security_headers(response):
+        headers = response.headers
+        for name, value in security_headers(app.config):
+            if name not in headers:
+                headers[name] = value
         return response

@@ -169,3 +169,89 @@ def test_an_unchanged_poll_is_refused_without_a_login(client):
     invite = make_invite()
     response = poll(client, invite, version_of(invite))
     assert response.status_code == 401
+
+
+def test_an_unchanged_poll_keeps_the_session_bound_to_its_browser(staff):
+    """A session cookie replayed from another browser (another User-Agent: Flask-Login's
+    "strong" session protection) gets no 204, not even from the fast path: it is sent to
+    the login page like every other page would."""
+    invite = make_invite()
+    version = version_of(invite)
+    assert poll(staff.client, invite, version).status_code == 204
+    stolen = dict(HTMX, **{"User-Agent": "another browser"})
+    response = staff.client.get(f"/invites/{invite.id}/live", query_string={"v": version}, headers=stolen)
+    assert response.status_code == 401
+    assert urlsplit(response.headers["HX-Redirect"]).path == "/login"
+
+
+# --- the unchanged poll's fast path (live_poll.UnchangedPoll) answers only what the full path would ---
+
+
+def refused(response) -> bool:
+    return response.status_code == 401 and urlsplit(response.headers["HX-Redirect"]).path == "/login"
+
+
+def test_the_fast_204_carries_the_security_headers(staff, app):
+    invite = make_invite()
+    response = poll(staff.client, invite, version_of(invite))
+    assert response.status_code == 204
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Vary"] == "Cookie"
+    assert "Set-Cookie" not in response.headers
+
+
+def test_a_forged_session_cookie_gets_no_204(staff, app):
+    """A cookie naming the same user but signed with another key is refused."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    invite = make_invite()
+    version = version_of(invite)
+    forger = app.test_client()
+    real = staff.client.get_cookie(app.config["SESSION_COOKIE_NAME"]).value
+    with app.test_request_context():
+        payload = app.session_interface.get_signing_serializer(app).loads(real)
+    other = type("Other", (), {"secret_key": "not our key", "config": app.config})()
+    forged = SecureCookieSessionInterface().get_signing_serializer(other).dumps(payload)
+    forger.set_cookie(app.config["SESSION_COOKIE_NAME"], forged)
+    assert refused(poll(forger, invite, version))
+    assert poll(staff.client, invite, version).status_code == 204  # the real one still works
+
+
+def test_an_expired_session_gets_no_204(staff, app):
+    invite = make_invite()
+    version = version_of(invite)
+    assert poll(staff.client, invite, version).status_code == 204
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(seconds=-1)  # every session is now too old
+    assert refused(poll(staff.client, invite, version))
+
+
+def test_a_session_replayed_from_another_address_gets_no_204(staff):
+    invite = make_invite()
+    version = version_of(invite)
+    elsewhere = dict(HTMX, **{"X-Forwarded-For": "203.0.113.9"})
+    response = staff.client.get(f"/invites/{invite.id}/live", query_string={"v": version}, headers=elsewhere)
+    assert refused(response)
+
+
+def test_a_poll_without_an_integer_version_gets_the_fragment(staff):
+    invite = make_invite()
+    for query in ({"v": "x"}, {"v": ""}, {"w": version_of(invite)}):
+        response = staff.client.get(f"/invites/{invite.id}/live", query_string=query, headers=HTMX)
+        assert response.status_code == 200 and 'id="live"' in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("environ", [
+    {"REMOTE_ADDR": "127.0.0.1", "HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64)"},
+    {"REMOTE_ADDR": "127.0.0.1"},
+    {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "198.51.100.4, 10.0.0.2", "HTTP_USER_AGENT": "curl/8"},
+    {"REMOTE_ADDR": "::1", "HTTP_USER_AGENT": "Navigateur \u00e9t\u00e9".encode().decode("latin-1")},
+])
+def test_the_fast_path_binds_sessions_exactly_as_flask_login_does(app, environ):
+    from flask_login.utils import _create_identifier
+
+    from smart_invites_ui.live_poll import session_identifier
+
+    with app.test_request_context(environ_base=environ):
+        assert session_identifier(environ) == _create_identifier()

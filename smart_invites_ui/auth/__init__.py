@@ -30,11 +30,6 @@ def parse_user_ref(user_ref: str | None) -> tuple[int, int] | None:
     return int(ident), int(version)
 
 
-def session_user_ref() -> tuple[int, int] | None:
-    """The signed session's (user id, session version), without loading the user."""
-    return parse_user_ref(session.get("_user_id"))
-
-
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
     ref = parse_user_ref(user_id)

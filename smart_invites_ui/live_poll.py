@@ -1,0 +1,154 @@
+"""The unchanged live poll, answered before Flask dispatches the request.
+
+Every open invite page asks ``GET /invites/<id>/live?v=<version>`` every two
+seconds, all day, and nearly always nothing has changed. This WSGI layer
+answers that case with one small query and a bare 204, skipping the request
+context, the hooks and the ORM session a full Flask request costs (about half
+of the poll's time when measured).
+
+It only ever answers 204, and only when every check the full path makes
+passes: a session cookie signed with the app's key and not older than the
+session lifetime, bound to this browser as Flask-Login's session protection
+requires, naming a user who is still active at the same session version, and
+an invite at exactly the version the page shows. In every other case (no
+cookie, a bad signature, another browser, a revoked session, an unknown
+invite, a newer version, any doubt) the request goes on to the Flask view,
+which answers it as every other page would.
+"""
+from __future__ import annotations
+
+import re
+import time
+from hashlib import sha512
+from urllib.parse import parse_qsl
+
+from flask import Flask
+from itsdangerous import BadSignature
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Engine
+from werkzeug.http import parse_cookie
+
+from .auth import parse_user_ref
+from .models import Invite, User
+from .security import security_headers
+
+VERIFIED_COOKIES = 4096  # sessions remembered per process (~2 MB at most)
+LIVE_PATH = re.compile(r"/invites/([0-9]{1,18})/live\Z")
+
+# Is the session's user still signed in (same session version, still active), and
+# which version is the invite at?
+_POLL_CHECK = (select(Invite.version, User.session_version, User.active).select_from(Invite)
+               .join(User, User.id == bindparam("user_id")).where(Invite.id == bindparam("invite_id")))
+
+
+def session_identifier(environ: dict) -> str:
+    """What Flask-Login's session protection binds a session to (its
+    ``_create_identifier``: the first X-Forwarded-For address, else the remote
+    address, and the User-Agent), computed from the WSGI environ.
+    tests/test_live_poll.py holds it equal to Flask-Login's own."""
+    address = environ.get("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR"))
+    if address is not None:
+        address = address.encode("utf-8").split(b",")[0].strip()
+    user_agent = environ.get("HTTP_USER_AGENT")
+    if user_agent is not None:
+        user_agent = user_agent.encode("utf-8")
+    return sha512(f"{address}|{user_agent}".encode("utf8")).hexdigest()
+
+
+class UnchangedPoll:
+    """WSGI middleware: 204 for a signed-in user's poll of an invite that has not changed."""
+
+    def __init__(self, app: Flask, engine: Engine, wsgi_app):
+        self.app = app
+        self.engine = engine
+        self.wsgi_app = wsgi_app
+        # The check as plain SQL on a pooled DBAPI connection: SQLAlchemy's execution
+        # layer costs as much as the query itself here.
+        compiled = _POLL_CHECK.compile(dialect=engine.dialect)
+        self._sql = compiled.string
+        self._compiled = compiled
+        # A page polls with the same cookie all day: its signature is checked once, and
+        # its age at every poll. Only cookies that verified are remembered.
+        self._verified: dict[str, tuple[dict, int]] = {}
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "GET":
+            match = LIVE_PATH.match(environ.get("PATH_INFO", ""))
+            if match is not None and self._unchanged(environ, int(match.group(1))):
+                start_response("204 NO CONTENT", [*security_headers(self.app.config), ("Vary", "Cookie")])
+                return []
+        return self.wsgi_app(environ, start_response)
+
+    def _unchanged(self, environ: dict, invite_id: int) -> bool:
+        shown = _first_int(environ.get("QUERY_STRING", ""), "v")
+        if shown is None:
+            return False
+        session = self._session(environ)
+        if session is None:
+            return False
+        ref = parse_user_ref(session.get("_user_id"))
+        if ref is None:
+            return False
+        mode = self.app.config.get("SESSION_PROTECTION", self.app.login_manager.session_protection)
+        if mode in ("basic", "strong") and session.get("_id") != session_identifier(environ):
+            return False  # the full path decides (strong: signs out; basic: marks not fresh)
+        row = self._check(invite_id, ref[0])
+        if row is None:
+            return False
+        version, session_version, active = row
+        return bool(active) and session_version == ref[1] and version == shown
+
+    def _check(self, invite_id: int, user_id: int) -> tuple | None:
+        params = self._compiled.construct_params({"invite_id": invite_id, "user_id": user_id})
+        if self._compiled.positiontup:
+            params = [params[name] for name in self._compiled.positiontup]
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._sql, params)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, rolled back
+
+    def _session(self, environ: dict) -> dict | None:
+        app = self.app
+        value = parse_cookie(environ).get(app.config["SESSION_COOKIE_NAME"])
+        if not value:
+            return None
+        verified = self._verified.get(value)
+        if verified is None:
+            verified = self._verify(value)
+            if verified is None:
+                return None
+            if len(self._verified) >= VERIFIED_COOKIES:
+                self._verified.clear()
+            self._verified[value] = verified
+        data, signed_at = verified
+        age = int(time.time()) - signed_at  # itsdangerous's rule: refused when older or in the future
+        if age > app.permanent_session_lifetime.total_seconds() or age < 0:
+            return None
+        return data
+
+    def _verify(self, value: str) -> tuple[dict, int] | None:
+        serializer = self.app.session_interface.get_signing_serializer(self.app)
+        if serializer is None:  # no SECRET_KEY: Flask refuses sessions too
+            return None
+        try:
+            data, signed_at = serializer.loads(value, return_timestamp=True)
+        except BadSignature:
+            return None
+        return (data, int(signed_at.timestamp())) if isinstance(data, dict) else None
+
+
+def _first_int(query: str, name: str) -> int | None:
+    """``request.args.get(name, type=int)``: the first value, if it is an integer."""
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == name:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
