@@ -173,3 +173,18 @@ def test_admins_see_each_deliverys_state(http_recorder, make_api_invite, deliver
 
     only_failed = client.get("/admin/callbacks?state=failed").get_data(as_text=True)
     assert f'data-id="{failed.id}"' in only_failed and f'data-id="{sent.id}"' not in only_failed
+
+
+def test_a_revoked_clients_callbacks_are_not_sent(http_recorder, make_api_invite, api_client, deliver):
+    """Revoking an API client cuts it off: callbacks queued for it are not posted (they
+    would be signed with the revoked secret), and the row says why."""
+    record, _ = api_client
+    make_api_invite(http_recorder.url + "/smart_invite/notifications")
+    reply("BOOKING-1", "accepted")
+    api_clients.revoke(record)
+    deliver()
+
+    assert http_recorder.requests == []
+    [row] = callback_rows()
+    assert row.state == OutboxState.FAILED
+    assert "revoked" in row.last_error

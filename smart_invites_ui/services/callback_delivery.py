@@ -19,6 +19,8 @@ def deliver_callback_message(message: OutboxMessage) -> Outcome:
     client = db.session.get(ApiClient, message.api_client_id) if message.api_client_id else None
     if client is None:
         return Outcome(ok=False, retry=False, error="no API client to sign this callback with")
+    if client.revoked_at is not None:
+        return Outcome(ok=False, retry=False, error="the API client was revoked: its callbacks are no longer sent")
     body = message.payload or b""
     message.transport = "http"
     result = deliver_callback(message.target, body, sign(body, client_secret(client)),
