@@ -6,6 +6,7 @@ from datetime import datetime
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import bindparam, select
+from sqlalchemy.orm import joinedload
 
 from ..domain import ITipMethod, RecipientStatus
 from ..auth import session_user_ref
@@ -87,21 +88,37 @@ def new():
     return render_template("invites/new.html", form=form), 422
 
 
+# What an invite's page shows, each in one query built once.
+_INVITE_WITH_RECIPIENTS = (select(Invite).where(Invite.id == bindparam("invite_id"))
+                           .options(joinedload(Invite.recipients)))
+_REPLIES = (select(Reply).where(Reply.invite_id == bindparam("invite_id"))
+            .order_by(Reply.received_at.desc(), Reply.id.desc()))
+# The columns the page shows, not the messages themselves (the ICS and the delivered email).
+_EMAILS = (select(OutboxMessage.id, OutboxMessage.target, OutboxMessage.method, OutboxMessage.sequence,
+                  OutboxMessage.state, OutboxMessage.transport, OutboxMessage.attempts, OutboxMessage.sent_at,
+                  OutboxMessage.last_error, OutboxMessage.next_attempt_at)
+           .where(OutboxMessage.invite_id == bindparam("invite_id"), OutboxMessage.kind == OutboxKind.EMAIL)
+           .order_by(OutboxMessage.id.desc()))
+
+
+def _invite_page_or_404(invite_id: int) -> Invite:
+    """The invite with its recipients (the page lists them all)."""
+    invite = db.session.scalars(_INVITE_WITH_RECIPIENTS, {"invite_id": invite_id}).unique().one_or_none()
+    if invite is None:
+        abort(404)
+    return invite
+
+
 def _detail_context(invite: Invite) -> dict:
-    replies = db.session.scalars(
-        select(Reply).where(Reply.invite_id == invite.id).order_by(Reply.received_at.desc(), Reply.id.desc())
-    ).all()
-    emails = db.session.scalars(
-        select(OutboxMessage).where(OutboxMessage.invite_id == invite.id, OutboxMessage.kind == OutboxKind.EMAIL)
-        .order_by(OutboxMessage.id.desc())
-    ).all()
-    return dict(invite=invite, replies=replies, emails=emails, action_form=ActionForm(),
+    params = {"invite_id": invite.id}
+    return dict(invite=invite, replies=db.session.scalars(_REPLIES, params).all(),
+                emails=db.session.execute(_EMAILS, params).all(),
                 live=not invite.is_cancelled and not invite.is_past)
 
 
 @bp.get("/<int:invite_id>")
 def show(invite_id: int):
-    invite = _invite_or_404(invite_id)
+    invite = _invite_page_or_404(invite_id)
     return render_template("invites/show.html", add_form=AddRecipientsForm(), **_detail_context(invite))
 
 
@@ -128,7 +145,7 @@ def live(invite_id: int):
             return Response(status=204)
     if not current_user.is_authenticated:
         return login_manager.unauthorized()
-    invite = _invite_or_404(invite_id)
+    invite = _invite_page_or_404(invite_id)
     return render_template("invites/_live.html", **_detail_context(invite))
 
 
