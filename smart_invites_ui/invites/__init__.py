@@ -6,12 +6,12 @@ from datetime import datetime
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import bindparam, select
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import Bundle
 
-from ..domain import ITipMethod, RecipientStatus
+from ..domain import InviteStatus, ITipMethod, RecipientStatus
 from ..auth import session_user_ref
 from ..extensions import db, login_manager
-from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply, User
+from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply, User, now_utc
 from ..security import login_checked_in_view
 from ..services import invites as service
 from ..services.invite_mail import invite_ics
@@ -88,12 +88,24 @@ def new():
     return render_template("invites/new.html", form=form), 422
 
 
-# What an invite's page shows, each in one query built once.
-_INVITE_WITH_RECIPIENTS = (select(Invite).where(Invite.id == bindparam("invite_id"))
-                           .options(joinedload(Invite.recipients)))
-_REPLIES = (select(Reply).where(Reply.invite_id == bindparam("invite_id"))
+# The live part of an invite's page (templates/invites/_live.html), which every page left
+# open asks for again whenever the invite changes: read as plain rows, not ORM objects,
+# by queries built once.
+_RECIPIENT = Bundle("recipient", Recipient.id, Recipient.email, Recipient.name, Recipient.status, Recipient.comment,
+                    Recipient.proposal_start, Recipient.proposal_end, Recipient.replied_at, Recipient.needs_attention)
+_RECIPIENTS = select(_RECIPIENT).where(Recipient.invite_id == bindparam("invite_id")).order_by(Recipient.id)
+# The invite with its recipients, in one query.
+_INVITE_WITH_RECIPIENTS = (
+    select(Bundle("invite", Invite.id, Invite.version, Invite.tzid, Invite.status, Invite.end), _RECIPIENT)
+    .outerjoin(Recipient, Recipient.invite_id == Invite.id)
+    .where(Invite.id == bindparam("invite_id"))
+    .order_by(Recipient.id)
+)
+_REPLIES = (select(Reply.received_at, Reply.email, Reply.status, Reply.comment, Reply.proposal_start,
+                   Reply.proposal_end, Reply.applied, Reply.note, Reply.source)
+            .where(Reply.invite_id == bindparam("invite_id"))
             .order_by(Reply.received_at.desc(), Reply.id.desc()))
-# The columns the page shows, not the messages themselves (the ICS and the delivered email).
+# What the page shows of each email, not the message itself (the ICS and the delivered email).
 _EMAILS = (select(OutboxMessage.id, OutboxMessage.target, OutboxMessage.method, OutboxMessage.sequence,
                   OutboxMessage.state, OutboxMessage.transport, OutboxMessage.attempts, OutboxMessage.sent_at,
                   OutboxMessage.last_error, OutboxMessage.next_attempt_at)
@@ -101,24 +113,21 @@ _EMAILS = (select(OutboxMessage.id, OutboxMessage.target, OutboxMessage.method, 
            .order_by(OutboxMessage.id.desc()))
 
 
-def _invite_page_or_404(invite_id: int) -> Invite:
-    """The invite with its recipients (the page lists them all)."""
-    invite = db.session.scalars(_INVITE_WITH_RECIPIENTS, {"invite_id": invite_id}).unique().one_or_none()
-    if invite is None:
-        abort(404)
-    return invite
-
-
-def _detail_context(invite: Invite) -> dict:
+def _detail_context(invite, recipients=None) -> dict:
+    """What templates/invites/_live.html shows. ``invite``: an Invite, or a row with its id,
+    version, tzid, status and end; its recipients are read unless given."""
     params = {"invite_id": invite.id}
-    return dict(invite=invite, replies=db.session.scalars(_REPLIES, params).all(),
-                emails=db.session.execute(_EMAILS, params).all(),
-                live=not invite.is_cancelled and not invite.is_past)
+    if recipients is None:
+        recipients = db.session.scalars(_RECIPIENTS, params).all()
+    cancelled = invite.status == InviteStatus.CANCELLED
+    return dict(invite=invite, recipients=recipients, replies=db.session.execute(_REPLIES, params).all(),
+                emails=db.session.execute(_EMAILS, params).all(), cancelled=cancelled,
+                live=not cancelled and invite.end > now_utc())
 
 
 @bp.get("/<int:invite_id>")
 def show(invite_id: int):
-    invite = _invite_page_or_404(invite_id)
+    invite = _invite_or_404(invite_id)
     return render_template("invites/show.html", add_form=AddRecipientsForm(), **_detail_context(invite))
 
 
@@ -145,8 +154,11 @@ def live(invite_id: int):
             return Response(status=204)
     if not current_user.is_authenticated:
         return login_manager.unauthorized()
-    invite = _invite_page_or_404(invite_id)
-    return render_template("invites/_live.html", **_detail_context(invite))
+    rows = db.session.execute(_INVITE_WITH_RECIPIENTS, {"invite_id": invite_id}).all()
+    if not rows:
+        abort(404)
+    recipients = [row.recipient for row in rows if row.recipient.id is not None]
+    return render_template("invites/_live.html", **_detail_context(rows[0].invite, recipients))
 
 
 @bp.get("/<int:invite_id>/invite.ics")
