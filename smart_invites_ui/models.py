@@ -167,7 +167,9 @@ class Invite(db.Model):
     created_by: Mapped[User | None] = relationship()
     api_client: Mapped[ApiClient | None] = relationship()
 
-    __table_args__ = (Index("ix_invites_start", "start"), Index("ix_invites_status_end", "status", "end"))
+    # The invites list (services.invites.list_invites): the end filters, the start orders.
+    __table_args__ = (Index("ix_invites_start_end", "start", "end"),
+                      Index("ix_invites_status_end_start", "status", "end", "start"))
 
     @property
     def event(self) -> EventData:

@@ -310,6 +310,42 @@ def test_upcoming_invites_come_first_soonest_first_then_past_ones(staff):
     assert order[3:] == [two_days_ago.id, week_ago.id]  # the most recent past first
 
 
+def _expected_order(invites, now):
+    upcoming = sorted((i for i in invites if i.end > now), key=lambda i: (i.start, i.id))
+    past = sorted(sorted((i for i in invites if i.end <= now), key=lambda i: i.id), key=lambda i: i.start, reverse=True)
+    return [i.id for i in upcoming + past]
+
+
+@pytest.mark.parametrize("per_page", [1, 2, 3, 4, 7, 25])
+def test_every_page_follows_the_order_across_ties_and_the_upcoming_past_boundary(staff, per_page):
+    now = datetime.now(UTC).replace(microsecond=0)
+    invites = [
+        *(make_invite(summary=f"Same slot {n}", start=future(2)) for n in range(3)),
+        make_invite(summary="Under way", start=now - timedelta(hours=1), end=now + timedelta(hours=1)),
+        make_invite(summary="Next week", start=future(7)),
+        *(make_invite(summary=f"Old slot {n}", start=future(-3)) for n in range(3)),
+        make_invite(summary="Last month", start=future(-30)),
+        make_invite(summary="Just ended", start=now - timedelta(hours=2), end=now - timedelta(hours=1)),
+    ]
+    for index in (1, 5):  # cancelled ones are listed among the others (upcoming and past)
+        invite_service.cancel_invite(invites[index])
+    db.session.expire_all()
+    invites = [db.session.get(Invite, i.id) for i in invites]
+    searched = [i for i in invites if "slot" in i.summary.lower()]
+    cancelled = [i for i in invites if i.status == InviteStatus.CANCELLED]
+    active = [i for i in invites if i.status == InviteStatus.ACTIVE]
+    cases = [("", "", invites), ("SLOT", "", searched), ("", "cancelled", cancelled),
+             ("", "upcoming", [i for i in active if i.end > now]), ("", "past", [i for i in active if i.end <= now])]
+    for q, status, wanted in cases:
+        pages, total = [], None
+        for page in range(1, len(wanted) // per_page + 3):
+            rows, total = invite_service.list_invites(q, status, page, per_page)
+            assert len(rows) <= per_page
+            pages += [row.id for row in rows]
+        assert pages == _expected_order(wanted, now), (q, status)
+        assert total == len(wanted)
+
+
 def test_each_row_links_to_the_invite_page(staff):
     invite = make_invite(summary="Root canal")
     html = list_page(staff.client)

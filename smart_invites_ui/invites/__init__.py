@@ -5,11 +5,12 @@ from datetime import datetime
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Bundle
 
-from ..domain import ITipMethod, RecipientStatus
+from ..domain import InviteStatus, ITipMethod, RecipientStatus
 from ..extensions import db
-from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply
+from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply, now_utc
 from ..services import invites as service
 from ..services.invite_mail import invite_ics
 from ..services.providers import ProviderError
@@ -85,16 +86,41 @@ def new():
     return render_template("invites/new.html", form=form), 422
 
 
-def _detail_context(invite: Invite) -> dict:
-    replies = db.session.scalars(
-        select(Reply).where(Reply.invite_id == invite.id).order_by(Reply.received_at.desc(), Reply.id.desc())
-    ).all()
-    emails = db.session.scalars(
-        select(OutboxMessage).where(OutboxMessage.invite_id == invite.id, OutboxMessage.kind == OutboxKind.EMAIL)
-        .order_by(OutboxMessage.id.desc())
-    ).all()
-    return dict(invite=invite, replies=replies, emails=emails, action_form=ActionForm(),
-                live=not invite.is_cancelled and not invite.is_past)
+# The live part of an invite's page (templates/invites/_live.html), which every page left
+# open asks for again whenever the invite changes: read as plain rows, not ORM objects,
+# by queries built once.
+_RECIPIENT = Bundle("recipient", Recipient.id, Recipient.email, Recipient.name, Recipient.status, Recipient.comment,
+                    Recipient.proposal_start, Recipient.proposal_end, Recipient.replied_at, Recipient.needs_attention)
+_RECIPIENTS = select(_RECIPIENT).where(Recipient.invite_id == bindparam("invite_id")).order_by(Recipient.id)
+# The invite with its recipients, in one query.
+_INVITE_WITH_RECIPIENTS = (
+    select(Bundle("invite", Invite.id, Invite.version, Invite.tzid, Invite.status, Invite.end), _RECIPIENT)
+    .outerjoin(Recipient, Recipient.invite_id == Invite.id)
+    .where(Invite.id == bindparam("invite_id"))
+    .order_by(Recipient.id)
+)
+_REPLIES = (select(Reply.received_at, Reply.email, Reply.status, Reply.comment, Reply.proposal_start,
+                   Reply.proposal_end, Reply.applied, Reply.note, Reply.source)
+            .where(Reply.invite_id == bindparam("invite_id"))
+            .order_by(Reply.received_at.desc(), Reply.id.desc()))
+# What the page shows of each email, not the message itself (the ICS and the delivered email).
+_EMAILS = (select(OutboxMessage.id, OutboxMessage.target, OutboxMessage.method, OutboxMessage.sequence,
+                  OutboxMessage.state, OutboxMessage.transport, OutboxMessage.attempts, OutboxMessage.sent_at,
+                  OutboxMessage.last_error, OutboxMessage.next_attempt_at)
+           .where(OutboxMessage.invite_id == bindparam("invite_id"), OutboxMessage.kind == OutboxKind.EMAIL)
+           .order_by(OutboxMessage.id.desc()))
+
+
+def _detail_context(invite, recipients=None) -> dict:
+    """What templates/invites/_live.html shows. ``invite``: an Invite, or a row with its id,
+    version, tzid, status and end; its recipients are read unless given."""
+    params = {"invite_id": invite.id}
+    if recipients is None:
+        recipients = db.session.scalars(_RECIPIENTS, params).all()
+    cancelled = invite.status == InviteStatus.CANCELLED
+    return dict(invite=invite, recipients=recipients, replies=db.session.execute(_REPLIES, params).all(),
+                emails=db.session.execute(_EMAILS, params).all(), cancelled=cancelled,
+                live=not cancelled and invite.end > now_utc())
 
 
 @bp.get("/<int:invite_id>")
@@ -110,10 +136,14 @@ def live(invite_id: int):
     Most polls never reach this view: ``live_poll.UnchangedPoll`` answers the
     unchanged ones before Flask. This is the full path for everything else.
     """
-    invite = _invite_or_404(invite_id)
+    rows = db.session.execute(_INVITE_WITH_RECIPIENTS, {"invite_id": invite_id}).all()
+    if not rows:
+        abort(404)
+    invite = rows[0].invite
     if request.args.get("v", type=int) == invite.version:
         return Response(status=204)
-    return render_template("invites/_live.html", **_detail_context(invite))
+    recipients = [row.recipient for row in rows if row.recipient.id is not None]
+    return render_template("invites/_live.html", **_detail_context(invite, recipients))
 
 
 @bp.get("/<int:invite_id>/invite.ics")

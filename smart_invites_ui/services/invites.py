@@ -5,6 +5,7 @@ work; routes, the API and the CSV import all call these.
 """
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -13,13 +14,13 @@ from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import and_, case, exists, func, insert, or_, select, text, true
+from sqlalchemy import Select, and_, bindparam, case, exists, func, insert, or_, select, text, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from ..domain import EventData, InviteSource, InviteStatus, ITipMethod, RecipientStatus
 from ..extensions import db
-from ..models import ApiClient, Invite, Recipient, User, now_utc
+from ..models import ApiClient, Invite, Recipient, User, UtcDateTime, now_utc
 from . import outbox, providers
 
 MAX_REFERENCE_LENGTH = 256
@@ -425,7 +426,16 @@ class ListFilter:
 
 @dataclass(frozen=True)
 class InviteRow:
-    invite: Invite
+    """One line of the invites list: what it shows of an invite, and its recipients' answers."""
+
+    id: int
+    smart_invite_id: str
+    summary: str
+    start: datetime
+    tzid: str
+    cancelled: bool
+    past: bool
+    api_client: str | None  # the name of the API client that made it
     accepted: int
     declined: int
     tentative: int
@@ -437,68 +447,156 @@ def _status_count(status: RecipientStatus):
     return func.coalesce(func.sum(case((Recipient.status == status, 1), else_=0)), 0)
 
 
-def search_filters(q: str = "", status: str = "") -> list:
-    now = now_utc()
-    where: list = []
-    q = (q or "").strip()
-    if q:
-        recipient_match = exists().where(Recipient.invite_id == Invite.id,
-                                         Recipient.email.icontains(q, autoescape=True))
-        where.append(or_(Invite.summary.icontains(q, autoescape=True),
-                         Invite.smart_invite_id.icontains(q, autoescape=True),
-                         recipient_match))
+def _search_match(q: str):
+    recipient_match = exists().where(Recipient.invite_id == Invite.id, Recipient.email.icontains(q, autoescape=True))
+    return or_(Invite.summary.icontains(q, autoescape=True), Invite.smart_invite_id.icontains(q, autoescape=True),
+               recipient_match)
+
+
+def _status_filters(status: str, now) -> list:
     if status == ListFilter.UPCOMING:
-        where += [Invite.status == InviteStatus.ACTIVE, Invite.end > now]
-    elif status == ListFilter.PAST:
-        where += [Invite.status == InviteStatus.ACTIVE, Invite.end <= now]
-    elif status == ListFilter.CANCELLED:
-        where.append(Invite.status == InviteStatus.CANCELLED)
-    elif status == ListFilter.ATTENTION:
-        where += [Invite.status == InviteStatus.ACTIVE,
-                  exists().where(Recipient.invite_id == Invite.id, Recipient.needs_attention.is_(True),
-                                 Recipient.status != RecipientStatus.REMOVED)]
-    return where
+        return [Invite.status == InviteStatus.ACTIVE, Invite.end > now]
+    if status == ListFilter.PAST:
+        return [Invite.status == InviteStatus.ACTIVE, Invite.end <= now]
+    if status == ListFilter.CANCELLED:
+        return [Invite.status == InviteStatus.CANCELLED]
+    if status == ListFilter.ATTENTION:
+        # The few invites with such a recipient, found through ix_recipients_attention ("= true":
+        # "IS true" cannot use it), rather than a look at the recipients of every invite.
+        return [Invite.status == InviteStatus.ACTIVE,
+                Invite.id.in_(select(Recipient.invite_id).where(Recipient.needs_attention == true(),
+                                                                Recipient.status != RecipientStatus.REMOVED))]
+    return []
+
+
+def search_filters(q: str = "", status: str = "") -> list:
+    q = (q or "").strip()
+    return [*([_search_match(q)] if q else []), *_status_filters(status, now_utc())]
+
+
+# The list's queries are built once (per status tab) with these parameters: building
+# and caching a statement costs more than running these on an index.
+_NOW = bindparam("now", type_=UtcDateTime())
+
+
+def _list_order(now) -> tuple:
+    """The list's order: upcoming first (soonest first), then past (latest first); ties by id."""
+    return (case((Invite.end <= now, 1), else_=0), case((Invite.end > now, Invite.start)).asc(),
+            Invite.start.desc(), Invite.id)
+
+
+def _list_key(now: datetime):
+    """:func:`_list_order` for rows already read."""
+    def key(row) -> tuple:
+        if row.end > now:
+            return 0, row.start, row.id
+        return 1, -row.start.timestamp(), row.id
+    return key
+
+
+_LIST_COLUMNS = (Invite.id, Invite.smart_invite_id, Invite.summary, Invite.start, Invite.end, Invite.tzid,
+                 Invite.status, ApiClient.name.label("api_client"))
+_ANSWER_COUNTS = (
+    _status_count(RecipientStatus.ACCEPTED).label("accepted"),
+    _status_count(RecipientStatus.DECLINED).label("declined"),
+    _status_count(RecipientStatus.TENTATIVE).label("tentative"),
+    _status_count(RecipientStatus.PENDING).label("pending"),
+    func.coalesce(func.sum(case((and_(Recipient.needs_attention.is_(True),
+                                      Recipient.status != RecipientStatus.REMOVED), 1), else_=0)), 0)
+    .label("attention"),
+)
+
+
+def _page(where: list, order_by: tuple):
+    """The invites at :offset in ``order_by``, :limit of them, with their recipients'
+    answers counted, in no particular order. Their ids are picked first (from an index
+    where one holds the order, so skipped rows are never read)."""
+    ids = select(Invite.id).where(*where).order_by(*order_by).offset(bindparam("offset")).limit(bindparam("limit"))
+    return (select(*_LIST_COLUMNS, *_ANSWER_COUNTS)
+            .outerjoin(ApiClient, ApiClient.id == Invite.api_client_id)
+            .outerjoin(Recipient, Recipient.invite_id == Invite.id)
+            .where(Invite.id.in_(ids.scalar_subquery()))
+            .group_by(*_LIST_COLUMNS))
+
+
+@dataclass(frozen=True)
+class _ListQueries:
+    count: Select
+    upcoming_count: Select
+    upcoming: Select  # a page of the upcoming ones, soonest first
+    past: Select  # a page of the past ones, latest first
+    ordered: Select  # a page of the whole list's order, sorted at once
+
+
+def _list_queries(where: list) -> _ListQueries:
+    return _ListQueries(
+        count=select(func.count()).select_from(Invite).where(*where),
+        upcoming_count=select(func.count()).select_from(Invite).where(*where, Invite.end > _NOW),
+        upcoming=_page([*where, Invite.end > _NOW], (Invite.start, Invite.id)),
+        past=_page([*where, Invite.end <= _NOW], (Invite.start.desc(), Invite.id)),
+        ordered=_page(where, _list_order(_NOW)),
+    )
+
+
+@functools.cache
+def _status_tab_queries(status: str) -> _ListQueries:
+    return _list_queries(_status_filters(status, _NOW))
 
 
 def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 25) -> tuple[list[InviteRow], int]:
     """Invites matching the search, upcoming first (soonest first), then past (latest first)."""
-    where = search_filters(q, status)
-    total = db.session.scalar(select(func.count()).select_from(Invite).where(*where)) or 0
+    q = (q or "").strip()
+    if status not in dict(ListFilter.CHOICES):
+        status = ListFilter.ALL
     now = now_utc()
-    is_past = case((Invite.end <= now, 1), else_=0)
-    invites = db.session.scalars(
-        select(Invite).where(*where)
-        .order_by(is_past, case((Invite.end > now, Invite.start)).asc(), Invite.start.desc(), Invite.id)
-        .offset((max(page, 1) - 1) * per_page).limit(per_page)
-    ).all()
-    counts: dict[int, tuple] = {}
-    if invites:
-        rows = db.session.execute(
-            select(Recipient.invite_id,
-                   _status_count(RecipientStatus.ACCEPTED), _status_count(RecipientStatus.DECLINED),
-                   _status_count(RecipientStatus.TENTATIVE), _status_count(RecipientStatus.PENDING),
-                   func.coalesce(func.sum(case((and_(Recipient.needs_attention.is_(True),
-                                                     Recipient.status != RecipientStatus.REMOVED), 1),
-                                               else_=0)), 0))
-            .where(Recipient.invite_id.in_([i.id for i in invites]))
-            .group_by(Recipient.invite_id)
-        ).all()
-        counts = {row[0]: tuple(int(v) for v in row[1:]) for row in rows}
-    return [InviteRow(i, *counts.get(i.id, (0, 0, 0, 0, 0))) for i in invites], total
+    offset = (max(page, 1) - 1) * per_page
+    params = {"now": now, "offset": offset, "limit": per_page}
+    if q:
+        queries = _list_queries([_search_match(q), *_status_filters(status, _NOW)])
+    else:
+        queries = _status_tab_queries(status)
+    total = db.session.scalar(queries.count, params) or 0
+    if q:
+        # A search reads every invite whatever the order: one sorted pass over the matches.
+        rows = list(db.session.execute(queries.ordered, params))
+    else:
+        # The upcoming and the past ones are read separately, each in the order of the index
+        # ix_invites_start_end: sorting on "is it past?" first would sort every invite.
+        rows = []
+        if status != ListFilter.PAST:
+            rows = list(db.session.execute(queries.upcoming, params))
+        if len(rows) < per_page and status != ListFilter.UPCOMING:
+            if rows:  # the upcoming ones end on this page
+                past_offset = 0
+            elif status == ListFilter.PAST:
+                past_offset = offset
+            else:  # this page comes after all the upcoming ones
+                past_offset = offset - (db.session.scalar(queries.upcoming_count, params) or 0)
+            rows += db.session.execute(queries.past, {**params, "offset": past_offset,
+                                                      "limit": per_page - len(rows)})
+    rows.sort(key=_list_key(now))
+    return [InviteRow(id=row.id, smart_invite_id=row.smart_invite_id, summary=row.summary, start=row.start,
+                      tzid=row.tzid, cancelled=row.status == InviteStatus.CANCELLED, past=row.end <= now,
+                      api_client=row.api_client, accepted=int(row.accepted), declined=int(row.declined),
+                      tentative=int(row.tentative), pending=int(row.pending), attention=int(row.attention))
+            for row in rows], total
 
 
 def get_by_reference(reference: str) -> Invite | None:
     return db.session.scalar(select(Invite).where(Invite.smart_invite_id == reference))
 
 
+_ATTENTION_COUNT = (
+    select(func.count(func.distinct(Recipient.invite_id)))
+    .join(Invite, Invite.id == Recipient.invite_id)
+    # "= true" rather than "IS true": an equality can use ix_recipients_attention.
+    .where(Invite.status == InviteStatus.ACTIVE, Recipient.needs_attention == true(),
+           Recipient.status != RecipientStatus.REMOVED)
+)
+
+
 def attention_count() -> int:
-    return db.session.scalar(
-        select(func.count(func.distinct(Recipient.invite_id)))
-        .join(Invite, Invite.id == Recipient.invite_id)
-        # "= true" rather than "IS true": an equality can use ix_recipients_attention.
-        .where(Invite.status == InviteStatus.ACTIVE, Recipient.needs_attention == true(),
-               Recipient.status != RecipientStatus.REMOVED)
-    ) or 0
+    return db.session.scalar(_ATTENTION_COUNT) or 0
 
 
 def local_datetime(value: datetime, tzid: str) -> datetime:
