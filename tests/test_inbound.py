@@ -393,7 +393,7 @@ def test_a_processing_failure_is_recorded_not_raised(client, inbound, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(replies, "apply_notification", broken)
+    monkeypatch.setattr(replies, "record_notification", broken)
     response = post(client, reply_to(invite))
 
     assert response.status_code == 200
