@@ -115,6 +115,22 @@ class _Recipient:
     last_reply_sequence: int | None
 
 
+def _recipient(row) -> _Recipient:
+    proposal = (Proposal(row.proposal_start, row.proposal_end, row.proposal_tzid or "UTC")
+                if row.proposal_start is not None and row.proposal_end is not None else None)
+    return _Recipient(row.id, row.email, row.status, row.comment, proposal, row.last_reply_dtstamp,
+                      row.last_reply_sequence)
+
+
+@dataclass(frozen=True)
+class _Invite:
+    id: int
+    smart_invite_id: str
+    callback_url: str | None
+    single_recipient: bool
+    api_client_id: int | None
+
+
 # The statements of the path every status change takes, built once: building and caching a
 # statement costs several times what SQLite takes to run it. Core tables, not the ORM's unit of
 # work: a notification is a handful of rows written once.
@@ -150,22 +166,6 @@ def _insert_notification(dialect: str):
         raise RuntimeError(f"no INSERT ... ON CONFLICT for the {dialect} database")
     table = Notification.__table__
     return dialect_insert(table).on_conflict_do_nothing(index_elements=[table.c.dedupe_key]).returning(table.c.id)
-
-
-def _recipient(row) -> _Recipient:
-    proposal = (Proposal(row.proposal_start, row.proposal_end, row.proposal_tzid or "UTC")
-                if row.proposal_start is not None and row.proposal_end is not None else None)
-    return _Recipient(row.id, row.email, row.status, row.comment, proposal, row.last_reply_dtstamp,
-                      row.last_reply_sequence)
-
-
-@dataclass(frozen=True)
-class _Invite:
-    id: int
-    smart_invite_id: str
-    callback_url: str | None
-    single_recipient: bool
-    api_client_id: int | None
 
 
 def _is_newer(recipient: _Recipient, dtstamp: datetime | None, sequence: int | None) -> bool:
