@@ -138,14 +138,20 @@ _INVITES, _RECIPIENTS = Invite.__table__, Recipient.__table__
 _RECIPIENT_COLUMNS = tuple(_RECIPIENTS.c[name] for name in (
     "id", "email", "status", "comment", "proposal_start", "proposal_end", "proposal_tzid", "last_reply_dtstamp",
     "last_reply_sequence"))
-_LOAD_INVITE = (
-    select(_INVITES.c.id.label("invite_id"), _INVITES.c.smart_invite_id, _INVITES.c.callback_url,
-           _INVITES.c.single_recipient, _INVITES.c.api_client_id, *_RECIPIENT_COLUMNS)
-    # Only the recipients the notification names: an invite may have many.
-    .select_from(_INVITES.outerjoin(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id)
-                                    & _RECIPIENTS.c.email.in_(bindparam("emails", expanding=True))))
-    .where(_INVITES.c.smart_invite_id == bindparam("reference"))
-)
+
+
+def _load_invite(named):
+    """The invite by its smart_invite_id, with only the recipients the notification names
+    (an invite may have many): one row per named recipient, or one without a recipient."""
+    return (select(_INVITES.c.id.label("invite_id"), _INVITES.c.smart_invite_id, _INVITES.c.callback_url,
+                   _INVITES.c.single_recipient, _INVITES.c.api_client_id, *_RECIPIENT_COLUMNS)
+            .select_from(_INVITES.outerjoin(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id) & named))
+            .where(_INVITES.c.smart_invite_id == bindparam("reference")))
+
+
+# Nearly every notification names one recipient; an IN list of variable length costs a rewrite per call.
+_LOAD_INVITE_NAMING_ONE = _load_invite(_RECIPIENTS.c.email == bindparam("email"))
+_LOAD_INVITE_NAMING_ANY = _load_invite(_RECIPIENTS.c.email.in_(bindparam("emails", expanding=True)))
 _ALL_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_RECIPIENTS.c.invite_id == bindparam("invite_id")).order_by(
     _RECIPIENTS.c.id)
 _INSERT_REPLIES = insert(Reply.__table__)
@@ -224,8 +230,11 @@ def record_notification(
     reference, replies, from_reply = parse_payload(payload)
     now = now_utc()
     session = db.session
-    rows = session.execute(_LOAD_INVITE, {"reference": reference,
-                                          "emails": list(dict.fromkeys(reply.email for reply in replies))}).all()
+    emails = list(dict.fromkeys(reply.email for reply in replies))
+    if len(emails) == 1:
+        rows = session.execute(_LOAD_INVITE_NAMING_ONE, {"reference": reference, "email": emails[0]}).all()
+    else:
+        rows = session.execute(_LOAD_INVITE_NAMING_ANY, {"reference": reference, "emails": emails}).all()
     invite = (_Invite(rows[0].invite_id, rows[0].smart_invite_id, rows[0].callback_url, rows[0].single_recipient,
                       rows[0].api_client_id) if rows else None)
     recipients = {row.email: _recipient(row) for row in rows if row.id is not None}

@@ -375,10 +375,18 @@ def _dedupe_key(identity: str, reply: ParsedReply) -> str:
     return f"email:{digest}"
 
 
-# Built once: building a statement costs more than SQLite takes to run it.
+# Built once: building a statement costs more than SQLite takes to run it. A reply is nearly
+# always sent to one address token, and an IN list of variable length costs a rewrite per call.
 _INVITES = Invite.__table__
-_FIND_INVITES = select(_INVITES.c.id, _INVITES.c.smart_invite_id, _INVITES.c.uid, _INVITES.c.reply_token).where(
-    _INVITES.c.uid.in_(bindparam("uids", expanding=True)) | _INVITES.c.reply_token.in_(bindparam("tokens", expanding=True)))
+
+
+def _find_invites(token_condition):
+    return select(_INVITES.c.id, _INVITES.c.smart_invite_id, _INVITES.c.uid, _INVITES.c.reply_token).where(
+        _INVITES.c.uid.in_([bindparam("uid"), bindparam("uid_lower")]) | token_condition)
+
+
+_FIND_BY_UID_OR_TOKEN = _find_invites(_INVITES.c.reply_token == bindparam("token"))
+_FIND_BY_UID_OR_TOKENS = _find_invites(_INVITES.c.reply_token.in_(bindparam("tokens", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -394,7 +402,13 @@ def _find_invite(uid: str, tokens: tuple[str, ...]) -> tuple[_Match | None, str]
     """
     uids = {uid, uid.lower()} if uid and len(uid) <= 255 and _storable(uid) else set()
     wanted = {token.lower() for token in tokens[:_MAX_TOKENS] if 0 < len(token) <= 64 and _storable(token)}
-    found = db.session.execute(_FIND_INVITES, {"uids": list(uids), "tokens": list(wanted)}).all() if uids or wanted else []
+    found = []
+    if uids or wanted:
+        uid_values = {"uid": uid if uids else None, "uid_lower": uid.lower() if uids else None}  # NULL matches nothing
+        if len(wanted) <= 1:
+            found = db.session.execute(_FIND_BY_UID_OR_TOKEN, {**uid_values, "token": next(iter(wanted), None)}).all()
+        else:
+            found = db.session.execute(_FIND_BY_UID_OR_TOKENS, {**uid_values, "tokens": list(wanted)}).all()
     by_uid = next((_Match(row.id, row.smart_invite_id) for row in found if row.uid in uids), None)
     by_token = [_Match(row.id, row.smart_invite_id) for row in found if row.reply_token in wanted]
     shown_uid = _text(uid)[:120] or "(none)"
