@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from smart_invites_ui.config import MailFrom
 from smart_invites_ui.domain import ITipMethod, Proposal, RecipientStatus
@@ -393,13 +393,99 @@ def test_a_processing_failure_is_recorded_not_raised(client, inbound, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(replies, "apply_notification", broken)
+    monkeypatch.setattr(replies, "record_notification", broken)
     response = post(client, reply_to(invite))
 
     assert response.status_code == 200
     assert response.json["outcome"] == "error"
     assert "RuntimeError: the database went away" in response.json["reason"]
     assert stored()[0].outcome == InboundOutcome.ERROR
+
+
+def test_a_reply_email_is_stored_and_applied_in_one_transaction(client, inbound):
+    invite = make_invite()
+    commits = []
+
+    def count(connection):
+        commits.append(connection)
+
+    event.listen(db.engine, "commit", count)
+    try:
+        response = post(client, reply_to(invite))
+    finally:
+        event.remove(db.engine, "commit", count)
+
+    assert response.json["outcome"] == "applied"
+    assert len(commits) == 1
+    assert stored()[0].outcome == InboundOutcome.APPLIED
+
+
+def test_a_message_that_cannot_be_stored_with_its_outcome_applies_nothing(client, inbound, monkeypatch):
+    """Storing the message fails after its reply was recorded: the reply is rolled back with it,
+    then the message is stored with the error (and can be re-processed)."""
+    invite = make_invite()
+    insert_values = replies._insert_values
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("the disk is full")
+        return insert_values(*args, **kwargs)
+
+    monkeypatch.setattr(replies, "_insert_values", fails_once)
+    response = post(client, reply_to(invite))
+
+    assert response.status_code == 200
+    assert response.json["outcome"] == "error"
+    assert "the disk is full" in response.json["reason"]
+    assert fresh(invite).recipient("ann@example.org").status == RecipientStatus.PENDING
+    assert db.session.scalar(select(func.count()).select_from(Reply)) == 0
+    [message] = stored()
+    assert message.outcome == InboundOutcome.ERROR
+    monkeypatch.setattr(replies, "_insert_values", insert_values)
+    assert replies.reprocess(message) == InboundOutcome.APPLIED
+
+
+def two_replies(invite: Invite) -> bytes:
+    """One message carrying two attendees' replies (a shared mailbox answering for two people)."""
+    message = EmailMessage(policy=SMTP)
+    message["From"] = "front-desk@example.org"
+    message["To"] = f"invites+{invite.reply_token}@example.org"
+    message["Subject"] = "Replies"
+    message.set_content("Both of us.")
+    for email in ("ann@example.org", "bob@example.org"):
+        raw = reply_to(invite, email)
+        calendar = raw[raw.index(b"BEGIN:VCALENDAR"):raw.index(b"END:VCALENDAR") + 13]
+        message.add_attachment(calendar, maintype="text", subtype="calendar", params={"method": "REPLY"})
+    return message.as_bytes(policy=SMTP)
+
+
+def test_a_message_with_several_replies_applies_them_all(client, inbound):
+    invite = make_invite()
+
+    response = post(client, two_replies(invite))
+
+    assert response.json["outcome"] == "applied"
+    assert {r.email: r.status for r in fresh(invite).recipients} == {
+        "ann@example.org": RecipientStatus.ACCEPTED, "bob@example.org": RecipientStatus.ACCEPTED}
+
+
+def test_a_message_with_several_replies_applies_all_or_none(client, inbound, monkeypatch):
+    invite = make_invite()
+    record = replies.record_notification
+
+    def second_fails(payload, **kwargs):
+        if payload["smart_invite"]["reply"]["email"] == "bob@example.org":
+            raise RuntimeError("the database went away")
+        return record(payload, **kwargs)
+
+    monkeypatch.setattr(replies, "record_notification", second_fails)
+    response = post(client, two_replies(invite))
+
+    assert response.json["outcome"] == "error"
+    assert {r.status for r in fresh(invite).recipients} == {RecipientStatus.PENDING}
+    assert db.session.scalar(select(func.count()).select_from(Reply)) == 0
 
 
 def test_an_empty_body_is_refused(client, inbound):

@@ -301,6 +301,18 @@ def test_counter_with_duration_and_date_values() -> None:
     assert second.proposal == Proposal(at(2026, 7, 3), at(2026, 7, 4), "UTC")
 
 
+def test_a_counter_is_read_whatever_the_case_and_quoting_of_its_method() -> None:
+    """Event times are only read for a COUNTER; a METHOD spelt oddly is still one."""
+    for method in ("counter", '"Counter"', " COUNTER "):
+        raw = calendar_email(
+            f"BEGIN:VCALENDAR\nMETHOD:{method}\nBEGIN:VEVENT\nUID:u\nDTSTART:20260702T140000Z\n"
+            "DTEND:20260702T150000Z\nATTENDEE;PARTSTAT=TENTATIVE:mailto:a@example.org\nEND:VEVENT\nEND:VCALENDAR\n"
+        )
+        reply = only_reply(parse(raw))
+        assert (reply.method, reply.proposal) == (
+            "COUNTER", Proposal(at(2026, 7, 2, 14), at(2026, 7, 2, 15), "UTC")), method
+
+
 def test_a_reply_keeps_no_proposal_and_missing_values_have_defaults() -> None:
     raw = calendar_email(
         "BEGIN:VCALENDAR\nBEGIN:VEVENT\nUID:u\nDTSTART:20260702T140000Z\nSEQUENCE:not-a-number\n"

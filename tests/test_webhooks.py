@@ -17,7 +17,7 @@ from smart_invites_ui.models import (Invite, Notification, NotificationOutcome, 
 from smart_invites_ui.services import api_clients
 from smart_invites_ui.services import invites as invite_service
 from smart_invites_ui.services.callbacks import SIGNATURE_HEADER, sign, verify
-from smart_invites_ui.services.notifications import apply_notification
+from smart_invites_ui.services.notifications import apply_notification, record_notification
 from tests.conftest import free_port, make_event, make_invite
 
 SECRET = "test-cronofy-secret"  # the app fixture's CRONOFY_CLIENT_SECRETS
@@ -199,6 +199,21 @@ def test_repeated_delivery_changes_nothing(app, client, invite):
     assert _fresh(invite).version == version
     assert len(_history(invite)) == 1
     assert _count(Notification) == 1
+
+
+def test_a_delivery_being_recorded_elsewhere_is_a_duplicate_that_writes_nothing(app, invite):
+    """The same notification twice before either commits (two workers, one transaction here):
+    the unique key answers "duplicate" without an error and without a second history row."""
+    payload, version = single("BOOK-1", ANN, "declined"), invite.version
+    first = record_notification(payload, source=NotificationSource.WEBHOOK)
+    second = record_notification(payload, source=NotificationSource.WEBHOOK)
+    db.session.commit()
+
+    assert (first.outcome, second.outcome) == (NotificationOutcome.APPLIED, NotificationOutcome.DUPLICATE)
+    assert second.notification_id is None
+    assert _count(Notification) == 1
+    assert len(_history(invite)) == 1
+    assert _fresh(invite).version == version + 1
 
 
 def test_unknown_invite_is_accepted_and_kept(app, client, invite):

@@ -546,9 +546,13 @@ _REPLY_PROPERTIES = frozenset(
 )
 _UNFOLD = re.compile(r"\n[ \t]")
 _RELEVANT_LINE = re.compile(  # one of those names, then its parameters or value
-    r"^[ \t]*(?:" + "|".join(map(re.escape, sorted(_REPLY_PROPERTIES))) + r")[ \t]*[;:].*$",
+    r"^[ \t]*(" + "|".join(map(re.escape, sorted(_REPLY_PROPERTIES))) + r")[ \t]*[;:].*$",
     re.MULTILINE | re.IGNORECASE,
 )
+# An event's times are only read for the time a COUNTER proposes; a calendar none of whose METHOD
+# lines says COUNTER (whatever its case: the method is compared upper-cased) need not parse them.
+_PROPOSAL_PROPERTIES = frozenset({"DTSTART", "DTEND", "DURATION"})
+_COUNTER_METHOD = re.compile(r"^[ \t]*METHOD[ \t]*[;:].*COUNTER", re.MULTILINE | re.IGNORECASE)
 _VTIMEZONE_EDGE = re.compile(r"[ \t]*(BEGIN|END)[ \t]*:[ \t]*VTIMEZONE[ \t]*$", re.IGNORECASE)
 _BEGIN_VCALENDAR = re.compile(r"BEGIN[ \t]*:[ \t]*VCALENDAR", re.IGNORECASE)
 
@@ -572,16 +576,21 @@ def _relevant_ics(text: str) -> _Ics:
     begin = _BEGIN_VCALENDAR.search(text)
     if begin is None:
         raise _PartError("calendar part has no BEGIN:VCALENDAR")
+    text = text[begin.start() :]
+    proposing = _COUNTER_METHOD.search(text) is not None
     events: list[str] = []
     zones: list[str] = []
     in_zone = False
-    for line in _RELEVANT_LINE.findall(text[begin.start() :]):
+    for match in _RELEVANT_LINE.finditer(text):
+        line = match.group(0)
         edge = _VTIMEZONE_EDGE.match(line)
         if edge is not None:
             in_zone = edge.group(1).upper() == "BEGIN"
             zones.append(line)
-        else:
-            (zones if in_zone else events).append(line)
+        elif in_zone:
+            zones.append(line)
+        elif proposing or match.group(1).upper() not in _PROPOSAL_PROPERTIES:
+            events.append(line)
     return _Ics(
         events=_ics_bytes(events),
         zones=_ics_bytes(["BEGIN:VCALENDAR", *zones, "END:VCALENDAR"]) if zones else b"",

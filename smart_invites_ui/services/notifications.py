@@ -9,15 +9,14 @@ replies arriving late are recorded without overwriting newer ones.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, insert, select, update
 
 from ..api.schema import parse_event_time, proposal_json
 from ..domain import Proposal, RecipientStatus, utc
@@ -41,8 +40,8 @@ class StatusReply:
 @dataclass
 class ApplyResult:
     outcome: NotificationOutcome
-    notification: Notification | None
-    invite: Invite | None
+    notification_id: int | None  # None: nothing was recorded (a duplicate)
+    invite_id: int | None
     detail: str = ""
 
 
@@ -103,14 +102,86 @@ def parse_payload(payload: object) -> tuple[str, list[StatusReply], bool]:
     return reference, replies, False
 
 
-def _is_newer(recipient: Recipient, dtstamp: datetime | None, sequence: int | None) -> bool:
+@dataclass
+class _Recipient:
+    """The recipient columns applying a reply reads and writes (as ``Recipient`` names them)."""
+
+    id: int
+    email: str
+    status: RecipientStatus
+    comment: str
+    proposal: Proposal | None
+    last_reply_dtstamp: datetime | None
+    last_reply_sequence: int | None
+
+
+def _recipient(row) -> _Recipient:
+    proposal = (Proposal(row.proposal_start, row.proposal_end, row.proposal_tzid or "UTC")
+                if row.proposal_start is not None and row.proposal_end is not None else None)
+    return _Recipient(row.id, row.email, row.status, row.comment, proposal, row.last_reply_dtstamp,
+                      row.last_reply_sequence)
+
+
+@dataclass(frozen=True)
+class _Invite:
+    id: int
+    smart_invite_id: str
+    callback_url: str | None
+    single_recipient: bool
+    api_client_id: int | None
+
+
+# The statements of the path every status change takes, built once: building and caching a
+# statement costs several times what SQLite takes to run it. Core tables, not the ORM's unit of
+# work: a notification is a handful of rows written once.
+_INVITES, _RECIPIENTS = Invite.__table__, Recipient.__table__
+_RECIPIENT_COLUMNS = tuple(_RECIPIENTS.c[name] for name in (
+    "id", "email", "status", "comment", "proposal_start", "proposal_end", "proposal_tzid", "last_reply_dtstamp",
+    "last_reply_sequence"))
+
+
+def _load_invite(named):
+    """The invite by its smart_invite_id, with only the recipients the notification names
+    (an invite may have many): one row per named recipient, or one without a recipient."""
+    return (select(_INVITES.c.id.label("invite_id"), _INVITES.c.smart_invite_id, _INVITES.c.callback_url,
+                   _INVITES.c.single_recipient, _INVITES.c.api_client_id, *_RECIPIENT_COLUMNS)
+            .select_from(_INVITES.outerjoin(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id) & named))
+            .where(_INVITES.c.smart_invite_id == bindparam("reference")))
+
+
+# Nearly every notification names one recipient; an IN list of variable length costs a rewrite per call.
+_LOAD_INVITE_NAMING_ONE = _load_invite(_RECIPIENTS.c.email == bindparam("email"))
+_LOAD_INVITE_NAMING_ANY = _load_invite(_RECIPIENTS.c.email.in_(bindparam("emails", expanding=True)))
+_ALL_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_RECIPIENTS.c.invite_id == bindparam("invite_id")).order_by(
+    _RECIPIENTS.c.id)
+_INSERT_REPLIES = insert(Reply.__table__)
+# The SET clause comes from the parameters' names.
+_UPDATE_RECIPIENT = update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("recipient_id"))
+# In SQL, so two notifications applied at once both count.
+_BUMP_VERSION = update(_INVITES).where(_INVITES.c.id == bindparam("invite_id")).values(version=_INVITES.c.version + 1)
+
+
+@functools.cache
+def _insert_notification(dialect: str):
+    """INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING id: no row means "already received"."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise RuntimeError(f"no INSERT ... ON CONFLICT for the {dialect} database")
+    table = Notification.__table__
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=[table.c.dedupe_key]).returning(table.c.id)
+
+
+def _is_newer(recipient: _Recipient, dtstamp: datetime | None, sequence: int | None) -> bool:
     if dtstamp is None or recipient.last_reply_dtstamp is None:
         return True
     ours = (recipient.last_reply_dtstamp, recipient.last_reply_sequence or 0)
     return (dtstamp, sequence or 0) >= ours
 
 
-def _same_as_current(recipient: Recipient, reply: StatusReply) -> bool:
+def _same_as_current(recipient: _Recipient, reply: StatusReply) -> bool:
     return (recipient.status == reply.status and recipient.comment == reply.comment
             and recipient.proposal == reply.proposal)
 
@@ -123,99 +194,135 @@ def apply_notification(
     dedupe_key: str | None = None,
     dtstamp: datetime | None = None,
     sequence: int | None = None,
-    before_commit: Callable[[ApplyResult], None] | None = None,
 ) -> ApplyResult:
-    """Record and apply one notification in one transaction (committed here).
-
-    ``before_commit(result)`` runs inside that transaction, just before the commit, so a caller
-    can record its own bookkeeping atomically with it (the reply processor marks the email).
-    It is not called when nothing is committed (a duplicate)."""
-    body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or json.dumps(payload, sort_keys=True))
-    key = dedupe_key or f"{source.value}:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
-    if db.session.scalar(select(Notification.id).where(Notification.dedupe_key == key)):
-        return ApplyResult(NotificationOutcome.DUPLICATE, None, None, "already received")
-
-    reference, replies, from_reply = parse_payload(payload)
+    """Record and apply one notification in one transaction (committed here)."""
     try:
-        result = _record(key, body, reference, replies, from_reply, source, dtstamp, sequence)
-        if before_commit is not None:
-            before_commit(result)
-        db.session.commit()
-    except IntegrityError:  # the same delivery raced us to the unique key
+        result = record_notification(payload, source=source, raw=raw, dedupe_key=dedupe_key, dtstamp=dtstamp,
+                                     sequence=sequence)
+    except BaseException:
         db.session.rollback()
-        return ApplyResult(NotificationOutcome.DUPLICATE, None, None, "already received")
+        raise
+    if result.notification_id is None:  # a duplicate: nothing was written
+        db.session.rollback()
+    else:
+        db.session.commit()
     return result
 
 
-def _record(key: str, body: str, reference: str, replies: list[StatusReply], from_reply: bool,
-            source: NotificationSource, dtstamp: datetime | None, sequence: int | None) -> ApplyResult:
-    notification = Notification(source=source, dedupe_key=key, body=body, smart_invite_id=reference[:256],
-                                outcome=NotificationOutcome.IGNORED)
-    db.session.add(notification)
-    db.session.flush()
-    invite = db.session.scalar(select(Invite).where(Invite.smart_invite_id == reference))
-    result = ApplyResult(NotificationOutcome.IGNORED, notification, invite)
+def record_notification(
+    payload: dict,
+    *,
+    source: NotificationSource,
+    raw: bytes | str | None = None,
+    dedupe_key: str | None = None,
+    dtstamp: datetime | None = None,
+    sequence: int | None = None,
+) -> ApplyResult:
+    """What ``apply_notification`` does, in the caller's transaction, which the caller commits
+    (the reply processor writes a message's outcome with the replies it carries).
+
+    A repeated delivery writes nothing and returns DUPLICATE (``notification_id`` None),
+    also when the same delivery is being recorded at the same moment by another transaction.
+    Raises ``MalformedNotification`` (before writing anything) for a payload of another shape.
+    """
+    body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or json.dumps(payload, sort_keys=True))
+    key = dedupe_key or f"{source.value}:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+    reference, replies, from_reply = parse_payload(payload)
+    now = now_utc()
+    session = db.session
+    emails = list(dict.fromkeys(reply.email for reply in replies))
+    if len(emails) == 1:
+        rows = session.execute(_LOAD_INVITE_NAMING_ONE, {"reference": reference, "email": emails[0]}).all()
+    else:
+        rows = session.execute(_LOAD_INVITE_NAMING_ANY, {"reference": reference, "emails": emails}).all()
+    invite = (_Invite(rows[0].invite_id, rows[0].smart_invite_id, rows[0].callback_url, rows[0].single_recipient,
+                      rows[0].api_client_id) if rows else None)
+    recipients = {row.email: _recipient(row) for row in rows if row.id is not None}
+    result = ApplyResult(NotificationOutcome.IGNORED, None, invite.id if invite else None)
+    history: list[dict] = []
+    applied: list[StatusReply] = []
     if invite is None:
         result.outcome, result.detail = NotificationOutcome.UNKNOWN_INVITE, f"no invite {reference!r}"
     elif not replies:
         result.detail = "no recipient status in the notification"
     else:
-        notification.invite_id = invite.id
-        _apply_replies(invite, notification, replies, from_reply, source, dtstamp, sequence, result)
-    notification.outcome, notification.detail = result.outcome, result.detail
+        history, applied = _apply_replies(recipients, replies, from_reply, source, dtstamp, sequence, now, result)
+
+    notification_id = session.execute(_insert_notification(session.get_bind().dialect.name), {
+        "source": source, "dedupe_key": key, "body": body, "smart_invite_id": reference[:256],
+        "invite_id": invite.id if invite is not None and replies else None, "outcome": result.outcome,
+        "detail": result.detail, "received_at": now}).scalar()
+    if notification_id is None:  # this delivery was recorded before (or just now, by another transaction)
+        return ApplyResult(NotificationOutcome.DUPLICATE, None, None, "already received")
+    result.notification_id = notification_id
+    if invite is None or not replies:
+        return result
+    if history:
+        session.execute(_INSERT_REPLIES, [dict(row, notification_id=notification_id) for row in history])
+    for email in dict.fromkeys(reply.email for reply in applied):
+        recipient = recipients[email]
+        proposal = recipient.proposal
+        session.execute(_UPDATE_RECIPIENT, {
+            "recipient_id": recipient.id, "status": recipient.status, "comment": recipient.comment,
+            "proposal_start": proposal.start if proposal else None, "proposal_end": proposal.end if proposal else None,
+            "proposal_tzid": proposal.tzid if proposal else None, "replied_at": now,
+            "last_reply_dtstamp": recipient.last_reply_dtstamp, "last_reply_sequence": recipient.last_reply_sequence,
+            "needs_attention": recipient.status == RecipientStatus.DECLINED or proposal is not None})
+    session.execute(_BUMP_VERSION, {"invite_id": invite.id})  # the history changed even when no status did
+    if applied and invite.callback_url:
+        _queue_callbacks(invite, recipients, applied)
     return result
 
 
-def _apply_replies(invite: Invite, notification: Notification, replies: list[StatusReply], from_reply: bool,
-                   source: NotificationSource, dtstamp: datetime | None, sequence: int | None,
-                   result: ApplyResult) -> None:
+def _apply_replies(recipients: dict[str, _Recipient], replies: list[StatusReply], from_reply: bool,
+                   source: NotificationSource, dtstamp: datetime | None, sequence: int | None, now: datetime,
+                   result: ApplyResult) -> tuple[list[dict], list[StatusReply]]:
+    """Decide what each reply changes (``recipients`` are updated in place); the history rows
+    to insert and the replies applied."""
+    history: list[dict] = []
     applied: list[StatusReply] = []
     notes: list[str] = []
     for reply in replies:
-        recipient = invite.recipient(reply.email)
-        history = Reply(invite_id=invite.id, notification_id=notification.id, email=reply.email,
-                        status=reply.status or RecipientStatus.PENDING, comment=reply.comment,
-                        proposal_start=reply.proposal.start if reply.proposal else None,
-                        proposal_end=reply.proposal.end if reply.proposal else None,
-                        proposal_tzid=reply.proposal.tzid if reply.proposal else None,
-                        source=source, dtstamp=dtstamp, sequence=sequence, applied=False)
-        history.recipient_id = recipient.id if recipient else None
+        recipient = recipients.get(reply.email)
+        note = ""
         if recipient is None:
-            history.note = "not on the invite (an alias or shared mailbox?)"
+            note = "not on the invite (an alias or shared mailbox?)"
         elif reply.status is None:
-            history.note = f"unknown status {reply.raw_status!r}"
+            note = f"unknown status {reply.raw_status!r}"
         elif recipient.status == RecipientStatus.REMOVED:
-            history.note = "this recipient was removed from the invite"
+            note = "this recipient was removed from the invite"
         elif reply.status == RecipientStatus.REMOVED:
-            history.note = "a reply cannot remove a recipient"
+            note = "a reply cannot remove a recipient"
         elif not _is_newer(recipient, dtstamp, sequence):
-            history.note = "older than the answer already recorded"
+            note = "older than the answer already recorded"
             result.outcome = NotificationOutcome.STALE
         elif not from_reply and _same_as_current(recipient, reply):
             continue  # a "recipients" list repeats everyone: only changes are news
         else:
-            history.applied = True
             recipient.status = reply.status
             recipient.comment = reply.comment
-            recipient.set_proposal(reply.proposal)
-            recipient.replied_at = now_utc()
+            recipient.proposal = reply.proposal
             recipient.last_reply_dtstamp = dtstamp
             recipient.last_reply_sequence = sequence
-            recipient.needs_attention = reply.status == RecipientStatus.DECLINED or reply.proposal is not None
             applied.append(reply)
-        if history.note:
-            notes.append(f"{reply.email}: {history.note}")
-        db.session.add(history)
-    # In SQL, so two notifications applied at once both count; the history changed
-    # even when no status did.
-    invite.version = Invite.version + 1
+        if note:
+            notes.append(f"{reply.email}: {note}")
+        history.append({
+            "invite_id": result.invite_id, "recipient_id": recipient.id if recipient else None, "email": reply.email,
+            "status": reply.status or RecipientStatus.PENDING, "comment": reply.comment,
+            "proposal_start": reply.proposal.start if reply.proposal else None,
+            "proposal_end": reply.proposal.end if reply.proposal else None,
+            "proposal_tzid": reply.proposal.tzid if reply.proposal else None,
+            "source": source, "dtstamp": dtstamp, "sequence": sequence, "applied": not note, "note": note,
+            "received_at": now,
+        })
     if applied:
         result.outcome = NotificationOutcome.APPLIED
-        _queue_callbacks(invite, applied)
     elif result.outcome != NotificationOutcome.STALE:
         result.outcome = (NotificationOutcome.UNKNOWN_RECIPIENT
-                          if any(invite.recipient(r.email) is None for r in replies) else NotificationOutcome.IGNORED)
+                          if any(reply.email not in recipients for reply in replies) else NotificationOutcome.IGNORED)
     result.detail = "; ".join(notes)
+    return history, applied
 
 
 def reply_json(email: str, status: RecipientStatus, comment: str = "", proposal: Proposal | None = None) -> dict:
@@ -227,26 +334,29 @@ def reply_json(email: str, status: RecipientStatus, comment: str = "", proposal:
     return data
 
 
-def recipient_json(recipient: Recipient) -> dict:
+def recipient_json(recipient: Recipient | _Recipient) -> dict:
     return reply_json(recipient.email, recipient.status, recipient.comment, recipient.proposal)
 
 
-def callback_body(invite: Invite, reply: StatusReply) -> bytes:
-    """The seeds' callback shape; these exact bytes are what gets signed."""
+def callback_body(invite: _Invite, recipients: list[_Recipient], reply: StatusReply) -> bytes:
+    """The seeds' callback shape; these exact bytes are what gets signed. ``recipients``: the
+    invite's, as they are now (for a single-recipient invite, the one replying)."""
     smart_invite: dict = {"smart_invite_id": invite.smart_invite_id, "callback_url": invite.callback_url}
     if invite.single_recipient:
-        recipient = invite.recipient(reply.email)
+        recipient = next((r for r in recipients if r.email == reply.email), None)
         smart_invite["recipient"] = recipient_json(recipient) if recipient else reply_json(reply.email, reply.status)
     else:
-        smart_invite["recipients"] = [recipient_json(r) for r in invite.recipients]
+        smart_invite["recipients"] = [recipient_json(r) for r in recipients]
     smart_invite["reply"] = reply_json(reply.email, reply.status, reply.comment, reply.proposal)
     return json.dumps({"notification": {"type": "smart_invite"}, "smart_invite": smart_invite},
                       separators=(",", ":")).encode("utf-8")
 
 
-def _queue_callbacks(invite: Invite, replies: list[StatusReply]) -> None:
-    if not invite.callback_url:
-        return
+def _queue_callbacks(invite: _Invite, named: dict[str, _Recipient], replies: list[StatusReply]) -> None:
+    if invite.single_recipient:
+        recipients = list(named.values())
+    else:  # the callback lists everyone, as they are now (this transaction's changes included)
+        recipients = [_recipient(row) for row in db.session.execute(_ALL_RECIPIENTS, {"invite_id": invite.id})]
     for reply in replies:
-        outbox.queue_callback(invite, invite.callback_url, callback_body(invite, reply), invite.api_client_id)
-
+        outbox.queue_callback(invite.id, invite.callback_url, callback_body(invite, recipients, reply),
+                              invite.api_client_id)

@@ -98,11 +98,11 @@ def supersede_queued_to_invited(invite_ids: list[int]) -> None:
     )
 
 
-def queue_callback(invite: Invite, url: str, body: bytes, api_client_id: int | None) -> OutboxMessage:
+def queue_callback(invite_id: int, url: str, body: bytes, api_client_id: int | None) -> OutboxMessage:
     message = OutboxMessage(
         kind=OutboxKind.CALLBACK,
         state=OutboxState.QUEUED,
-        invite_id=invite.id,
+        invite_id=invite_id,
         target=url,
         method="callback",
         payload=body,

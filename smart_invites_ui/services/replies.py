@@ -20,14 +20,14 @@ from email.policy import compat32
 from email.utils import parseaddr
 
 from flask import current_app
-from sqlalchemy import insert, inspect, or_, select, update
+from sqlalchemy import bindparam, insert, inspect, or_, select, update
 
 from ..api.schema import proposal_json
 from ..domain import Proposal, RecipientStatus
 from ..extensions import db
 from ..models import InboundMessage, InboundOutcome, Invite, NotificationOutcome, NotificationSource, now_utc
 from .itip import ParsedMessage, ParsedReply, ParseError, build_reply_email, parse_message
-from .notifications import ApplyResult, apply_notification
+from .notifications import record_notification
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +73,33 @@ def store_inbound(raw: bytes, source: str, *, claim: bool = False) -> InboundMes
     return db.session.get(InboundMessage, _insert(bytes(raw), source, claim=claim))
 
 
+_INSERT_MESSAGE = insert(InboundMessage.__table__)  # built once; the columns come from the parameters
+
+
 def _insert(raw: bytes, source: str, *, claim: bool) -> int:
-    """Store and commit; the new message's id. One INSERT, not the ORM's unit of work: this
-    runs for every message, and is most of the cost of storing one."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown inbound source {source!r}")
-    values: dict = {"raw": raw, "raw_sha256": hashlib.sha256(raw).hexdigest(), "source": source,
-                    "outcome": InboundOutcome.RECEIVED, "attempts": 1 if claim else 0}
+    """Store and commit, for a processor to read it next; the new message's id."""
+    values: dict = {"outcome": InboundOutcome.RECEIVED, "attempts": 1 if claim else 0}
     if claim:
         values["processed_at"] = now_utc()  # while RECEIVED: when the claim was taken
     else:  # left for the worker: show who sent it meanwhile (processing reads the headers better)
-        values.update(zip(("message_id", "from_address", "subject"), _summary(raw)))
-    message_id = db.session.execute(insert(InboundMessage).values(**values)).inserted_primary_key[0]
+        values.update(_headers(raw))
+    message_id = _insert_values(raw, source, values)
     db.session.commit()
     return message_id
+
+
+def _insert_values(raw: bytes, source: str, values: dict) -> int:
+    """One INSERT, not the ORM's unit of work: this runs for every message (not committed)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown inbound source {source!r}")
+    values.update(raw=raw, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source)
+    return db.session.execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
+
+
+def _store_processed(raw: bytes, source: str, result: _Result) -> tuple[int, _Result]:
+    """INSERT a message read already, with its outcome (not committed)."""
+    result, values = _outcome_values(result)
+    return _insert_values(raw, source, dict(values, attempts=1)), result
 
 
 @dataclass(frozen=True)
@@ -100,22 +113,37 @@ class Received:
 
 def store_refused(raw: bytes, source: str, reason: str) -> Received:
     """Keep what can be kept of a message that is not processed (too large), with the reason."""
-    message_id = _insert(raw, source, claim=True)
-    return Received(message_id, *_finish(message_id, _Result(InboundOutcome.ERROR, reason, headers=_headers(raw))))
+    message_id, result = _store_processed(raw, source, _Result(InboundOutcome.ERROR, reason, headers=_headers(raw)))
+    db.session.commit()
+    return Received(message_id, result.outcome, result.reason)
 
 
 def receive(raw: bytes, source: str) -> Received:
-    """Store one message, then read it right away when that is cheap (else the worker will)."""
+    """Store one message with its outcome, read right away when that is cheap (else the worker will).
+
+    The message is stored in the transaction that applies the replies it carries: one commit,
+    and no moment where a status changed but the message still reads "received". Should reading
+    or applying fail, it is stored with the error instead; should that fail too, the exception
+    (a 500 for ``POST /inbound/email``) tells the sender to try again later.
+    """
     raw = bytes(raw)
     if len(raw) > INLINE_PROCESS_BYTES:
         return Received(_insert(raw, source, claim=False), InboundOutcome.RECEIVED)
-    message_id = _insert(raw, source, claim=True)
-    return Received(message_id, *_process_claimed(message_id, raw))
+    try:
+        message_id, result = _store_processed(raw, source, _process(raw))
+        db.session.commit()
+    except Exception as exc:
+        log.exception("an inbound message could not be processed")
+        db.session.rollback()
+        message_id, result = _store_processed(raw, source, _failure(exc, raw))
+        db.session.commit()
+    return Received(message_id, result.outcome, result.reason)
 
 
 def receive_claimed(raw: bytes, source: str) -> InboundOutcome:
-    """Store one message and read it now, whatever its size (the IMAP poller: it moves the
-    message out of the mailbox once the outcome is known)."""
+    """Store one message (committed) and read it now, whatever its size (the IMAP poller: it moves
+    the message out of the mailbox once the outcome is known; should reading it kill the process,
+    the stored claim lets the worker retry it, then give up: see ``process_pending``)."""
     raw = bytes(raw)
     return _process_claimed(_insert(raw, source, claim=True), raw)[0]
 
@@ -205,18 +233,22 @@ def process_inbound(message: InboundMessage, *, claimed: bool = False) -> Inboun
 
 
 def _process_claimed(message_id: int, raw: bytes | None = None) -> tuple[InboundOutcome, str]:
+    """Read a stored message; its outcome is written in the transaction that applies its replies."""
     try:
         if raw is None:
             raw = db.session.scalar(select(InboundMessage.raw).where(InboundMessage.id == message_id))
-        result = _process(message_id, raw)
+        result = _write_outcome(message_id, _process(raw))
+        db.session.commit()
     except Exception as exc:  # a bug or a database error: keep the message, say why
         log.exception("inbound message %s could not be processed", message_id)
         db.session.rollback()
-        result = _Result(InboundOutcome.ERROR, f"internal error while processing: {type(exc).__name__}: {exc}"[:2000],
-                         headers=_headers(raw or b""))
-    if result.recorded:
-        return result.outcome, result.reason
-    return _finish(message_id, result)
+        return _finish(message_id, _failure(exc, raw or b""))
+    return result.outcome, result.reason
+
+
+def _failure(exc: Exception, raw: bytes) -> _Result:
+    return _Result(InboundOutcome.ERROR, f"internal error while processing: {type(exc).__name__}: {exc}"[:2000],
+                   headers=_headers(raw))
 
 
 def _claim(message: InboundMessage) -> bool:
@@ -233,12 +265,18 @@ def _claim(message: InboundMessage) -> bool:
     return claimed
 
 
-def _write_outcome(message_id: int, result: _Result) -> _Result:
-    """UPDATE the message with ``result`` in the current transaction (not committed)."""
+def _outcome_values(result: _Result) -> tuple[_Result, dict]:
+    """``result`` with its reason made storable, and the columns that record it."""
     result = replace(result, reason=_text(result.reason)[:4000])
     values: dict = {"outcome": result.outcome, "reason": result.reason, "processed_at": now_utc(), **result.headers}
     if result.invite_id is not None:
         values["invite_id"] = result.invite_id
+    return result, values
+
+
+def _write_outcome(message_id: int, result: _Result) -> _Result:
+    """UPDATE the message with ``result`` in the current transaction (not committed)."""
+    result, values = _outcome_values(result)
     db.session.execute(update(InboundMessage).where(InboundMessage.id == message_id).values(**values)
                        .execution_options(synchronize_session=False))
     return result
@@ -256,7 +294,9 @@ def _finish(message_id: int, result: _Result) -> tuple[InboundOutcome, str]:
     return result.outcome, result.reason
 
 
-def _process(message_id: int, raw: bytes) -> _Result:
+def _process(raw: bytes) -> _Result:
+    """Parse the message and record the replies it carries, in the current transaction (not
+    committed); what came of it, with the headers the parser read."""
     try:
         parsed = parse_message(raw, current_app.config["MAIL_FROM"].address)
     except ParseError as exc:
@@ -265,11 +305,8 @@ def _process(message_id: int, raw: bytes) -> _Result:
                                              ("from_address", _text(parsed.from_address)[:_MAX_EMAIL]),
                                              ("subject", _text(parsed.subject)[:998])) if value}
     identity = parsed.message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
-    changing = [reply for reply in parsed.replies if reply.method in _CHANGING_METHODS]
+    results = [_apply(parsed, reply, identity) for reply in parsed.replies if reply.method in _CHANGING_METHODS]
     ignored_methods = dict.fromkeys(reply.method for reply in parsed.replies if reply.method not in _CHANGING_METHODS)
-    if len(changing) == 1 and not ignored_methods:  # nearly every real reply
-        return _apply(parsed, changing[0], identity, record=(message_id, headers))
-    results = [_apply(parsed, reply, identity) for reply in changing]
     results += [_Result(InboundOutcome.IGNORED, _ignored_method(method)) for method in ignored_methods]
     return replace(_combine(results), headers=headers)
 
@@ -289,49 +326,29 @@ def _combine(results: list[_Result]) -> _Result:
     return _Result(best.outcome, "; ".join(reasons), invite_id)
 
 
-def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str,
-           record: tuple[int, dict] | None = None) -> _Result:
-    """Apply one reply through ``apply_notification``.
-
-    With ``record`` (the message's id and headers), the message's outcome is written in the
-    same transaction as what the reply changed, so both commit together: no moment where a
-    status changed but the message still reads "received", and one commit per message.
-    """
+def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str) -> _Result:
+    """Record one reply through the one path of ``apply_notification`` (not committed)."""
     invite, note = _find_invite(reply.uid, parsed.tokens)
-    headers = record[1] if record else {}
     if invite is None:
-        return _Result(InboundOutcome.UNMATCHED, note, headers=headers)
+        return _Result(InboundOutcome.UNMATCHED, note)
     email = _text(reply.attendee_email).lower()
     if not email or len(email) > _MAX_EMAIL:
-        return _Result(InboundOutcome.IGNORED, "the reply names no usable attendee address", invite.id, headers)
+        return _Result(InboundOutcome.IGNORED, "the reply names no usable attendee address", invite.id)
     answer = "proposed a new time" if reply.method == "COUNTER" else (
         reply.status.value if reply.status else f"PARTSTAT {reply.partstat or 'missing'}")
-
-    def outcome(result: ApplyResult) -> _Result:
-        if result.outcome == NotificationOutcome.APPLIED:
-            text = f"{email} {answer}"
-        elif result.outcome == NotificationOutcome.DUPLICATE:
-            text = f"{email} {answer}: this reply was already received"
-        elif result.outcome == NotificationOutcome.UNKNOWN_RECIPIENT:
-            text = f"{email} is not invited: recorded in the reply history, no status changed"
-        else:
-            text = result.detail or f"{email} {answer}: nothing to change"
-        return _Result(_BY_NOTIFICATION_OUTCOME[result.outcome], "; ".join(filter(None, (text, note))), invite.id,
-                       headers)
-
-    written: list[_Result] = []
-
-    def write(result: ApplyResult) -> None:
-        written.append(_write_outcome(record[0], outcome(result)))
-
     payload = {"notification": {"type": "smart_invite"},
                "smart_invite": {"smart_invite_id": invite.smart_invite_id, "reply": _reply_json(reply, email)}}
-    result = apply_notification(payload, source=NotificationSource.EMAIL, dedupe_key=_dedupe_key(identity, reply),
-                                dtstamp=reply.dtstamp, sequence=reply.sequence,
-                                before_commit=write if record else None)
-    if written and result.notification is not None:  # committed with the reply
-        return replace(written[0], recorded=True)
-    return outcome(result)  # nothing was committed (a duplicate): the caller records it
+    result = record_notification(payload, source=NotificationSource.EMAIL, dedupe_key=_dedupe_key(identity, reply),
+                                 dtstamp=reply.dtstamp, sequence=reply.sequence)
+    if result.outcome == NotificationOutcome.APPLIED:
+        text = f"{email} {answer}"
+    elif result.outcome == NotificationOutcome.DUPLICATE:
+        text = f"{email} {answer}: this reply was already received"
+    elif result.outcome == NotificationOutcome.UNKNOWN_RECIPIENT:
+        text = f"{email} is not invited: recorded in the reply history, no status changed"
+    else:
+        text = result.detail or f"{email} {answer}: nothing to change"
+    return _Result(_BY_NOTIFICATION_OUTCOME[result.outcome], "; ".join(filter(None, (text, note))), invite.id)
 
 
 def _reply_json(reply: ParsedReply, email: str) -> dict:
@@ -358,6 +375,20 @@ def _dedupe_key(identity: str, reply: ParsedReply) -> str:
     return f"email:{digest}"
 
 
+# Built once: building a statement costs more than SQLite takes to run it. A reply is nearly
+# always sent to one address token, and an IN list of variable length costs a rewrite per call.
+_INVITES = Invite.__table__
+
+
+def _find_invites(token_condition):
+    return select(_INVITES.c.id, _INVITES.c.smart_invite_id, _INVITES.c.uid, _INVITES.c.reply_token).where(
+        _INVITES.c.uid.in_([bindparam("uid"), bindparam("uid_lower")]) | token_condition)
+
+
+_FIND_BY_UID_OR_TOKEN = _find_invites(_INVITES.c.reply_token == bindparam("token"))
+_FIND_BY_UID_OR_TOKENS = _find_invites(_INVITES.c.reply_token.in_(bindparam("tokens", expanding=True)))
+
+
 @dataclass(frozen=True)
 class _Match:
     id: int
@@ -371,9 +402,13 @@ def _find_invite(uid: str, tokens: tuple[str, ...]) -> tuple[_Match | None, str]
     """
     uids = {uid, uid.lower()} if uid and len(uid) <= 255 and _storable(uid) else set()
     wanted = {token.lower() for token in tokens[:_MAX_TOKENS] if 0 < len(token) <= 64 and _storable(token)}
-    conditions = ([Invite.uid.in_(uids)] if uids else []) + ([Invite.reply_token.in_(wanted)] if wanted else [])
-    found = db.session.execute(select(Invite.id, Invite.smart_invite_id, Invite.uid, Invite.reply_token)
-                               .where(or_(*conditions))).all() if conditions else []
+    found = []
+    if uids or wanted:
+        uid_values = {"uid": uid if uids else None, "uid_lower": uid.lower() if uids else None}  # NULL matches nothing
+        if len(wanted) <= 1:
+            found = db.session.execute(_FIND_BY_UID_OR_TOKEN, {**uid_values, "token": next(iter(wanted), None)}).all()
+        else:
+            found = db.session.execute(_FIND_BY_UID_OR_TOKENS, {**uid_values, "tokens": list(wanted)}).all()
     by_uid = next((_Match(row.id, row.smart_invite_id) for row in found if row.uid in uids), None)
     by_token = [_Match(row.id, row.smart_invite_id) for row in found if row.reply_token in wanted]
     shown_uid = _text(uid)[:120] or "(none)"
