@@ -230,11 +230,13 @@ def record_notification(
     reference, replies, from_reply = parse_payload(payload)
     now = now_utc()
     session = db.session
+    session.flush()  # the caller's pending changes first: what follows is Core, on the session's connection
+    connection = session.connection()  # (the ORM's execute layer cost as much as these statements)
     emails = list(dict.fromkeys(reply.email for reply in replies))
     if len(emails) == 1:
-        rows = session.execute(_LOAD_INVITE_NAMING_ONE, {"reference": reference, "email": emails[0]}).all()
+        rows = connection.execute(_LOAD_INVITE_NAMING_ONE, {"reference": reference, "email": emails[0]}).all()
     else:
-        rows = session.execute(_LOAD_INVITE_NAMING_ANY, {"reference": reference, "emails": emails}).all()
+        rows = connection.execute(_LOAD_INVITE_NAMING_ANY, {"reference": reference, "emails": emails}).all()
     invite = (_Invite(rows[0].invite_id, rows[0].smart_invite_id, rows[0].callback_url, rows[0].single_recipient,
                       rows[0].api_client_id) if rows else None)
     recipients = {row.email: _recipient(row) for row in rows if row.id is not None}
@@ -248,7 +250,7 @@ def record_notification(
     else:
         history, applied = _apply_replies(recipients, replies, from_reply, source, dtstamp, sequence, now, result)
 
-    notification_id = session.execute(_insert_notification(session.get_bind().dialect.name), {
+    notification_id = connection.execute(_insert_notification(connection.dialect.name), {
         "source": source, "dedupe_key": key, "body": body, "smart_invite_id": reference[:256],
         "invite_id": invite.id if invite is not None and replies else None, "outcome": result.outcome,
         "detail": result.detail, "received_at": now}).scalar()
@@ -258,17 +260,17 @@ def record_notification(
     if invite is None or not replies:
         return result
     if history:
-        session.execute(_INSERT_REPLIES, [dict(row, notification_id=notification_id) for row in history])
+        connection.execute(_INSERT_REPLIES, [dict(row, notification_id=notification_id) for row in history])
     for email in dict.fromkeys(reply.email for reply in applied):
         recipient = recipients[email]
         proposal = recipient.proposal
-        session.execute(_UPDATE_RECIPIENT, {
+        connection.execute(_UPDATE_RECIPIENT, {
             "recipient_id": recipient.id, "status": recipient.status, "comment": recipient.comment,
             "proposal_start": proposal.start if proposal else None, "proposal_end": proposal.end if proposal else None,
             "proposal_tzid": proposal.tzid if proposal else None, "replied_at": now,
             "last_reply_dtstamp": recipient.last_reply_dtstamp, "last_reply_sequence": recipient.last_reply_sequence,
             "needs_attention": recipient.status == RecipientStatus.DECLINED or proposal is not None})
-    session.execute(_BUMP_VERSION, {"invite_id": invite.id})  # the history changed even when no status did
+    connection.execute(_BUMP_VERSION, {"invite_id": invite.id})  # the history changed even when no status did
     if applied and invite.callback_url:
         _queue_callbacks(invite, recipients, applied)
     return result
@@ -356,7 +358,8 @@ def _queue_callbacks(invite: _Invite, named: dict[str, _Recipient], replies: lis
     if invite.single_recipient:
         recipients = list(named.values())
     else:  # the callback lists everyone, as they are now (this transaction's changes included)
-        recipients = [_recipient(row) for row in db.session.execute(_ALL_RECIPIENTS, {"invite_id": invite.id})]
+        rows = db.session.connection().execute(_ALL_RECIPIENTS, {"invite_id": invite.id})
+        recipients = [_recipient(row) for row in rows]
     for reply in replies:
         outbox.queue_callback(invite.id, invite.callback_url, callback_body(invite, recipients, reply),
                               invite.api_client_id)
