@@ -2,14 +2,13 @@
 catcher when SMTP_URL is unset), callbacks over HTTPS with their signature."""
 from __future__ import annotations
 
-from email.policy import SMTP
-
 from flask import current_app
+from sqlalchemy.orm import joinedload
 
 from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
 from ..models import Invite, OutboxMessage, Recipient
-from .invite_mail import compose, organizer_address
+from .invite_mail import Composer, organizer_address
 from .mail import DeliveryError, SmtpSettings, SmtpTransport, ascii_address
 from .outbox import Outcome
 
@@ -19,14 +18,19 @@ CATCHER = "catcher"
 class EmailDeliverer:
     """Renders an invite email from the invite as it stands and sends it.
 
-    One instance lives for a batch, so the SMTP connection is reused.
+    One instance lives for a batch, so the SMTP connection is reused and what the
+    recipients of an invite share is built once (:class:`Composer`).
     """
 
     def __init__(self, smtp_url: str | None):
         self.transport = SmtpTransport(SmtpSettings.from_url(smtp_url)) if smtp_url else None
+        self.composer = Composer()
 
     def __call__(self, message: OutboxMessage) -> Outcome:
-        invite = db.session.get(Invite, message.invite_id) if message.invite_id else None
+        # The invite with all its recipients in one query (the ICS lists them); the
+        # recipient then comes from the session.
+        invite = (db.session.get(Invite, message.invite_id, options=[joinedload(Invite.recipients)])
+                  if message.invite_id else None)
         recipient = db.session.get(Recipient, message.recipient_id) if message.recipient_id else None
         if invite is None or recipient is None:
             return Outcome(ok=False, retry=False, error="the invite or recipient no longer exists")
@@ -34,11 +38,11 @@ class EmailDeliverer:
         if method == ITipMethod.REQUEST and (invite.is_cancelled or recipient.status == RecipientStatus.REMOVED):
             return Outcome(ok=False, error="superseded")  # a CANCEL has been queued for them instead
         try:
-            email = compose(invite, recipient, method, message.payload)
+            email = self.composer.compose(invite, recipient, method, message.payload)
         except DeliveryError as exc:  # an address no SMTP server can take
             return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
-        message.rendered = email.as_bytes(policy=SMTP)
-        message.subject = str(email["Subject"])
+        message.rendered = email.raw
+        message.subject = email.subject
         message.sequence = invite.sequence
         if self.transport is None:
             message.transport = CATCHER

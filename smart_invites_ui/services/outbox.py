@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app, has_app_context
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 
 from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
@@ -166,17 +166,28 @@ def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
     ), token, lease_seconds)
 
 
+# The two statements run for every delivered row, built once as Core statements on the
+# tables: building an ORM UPDATE per row cost several times what SQLite takes to run it.
+# Neither touches the session's objects (like synchronize_session=False).
+_outbox = OutboxMessage.__table__
+_RENEW_LEASE = (
+    _outbox.update()
+    .where(_outbox.c.id == bindparam("message_id"), _outbox.c.claimed_by == bindparam("token"),
+           _outbox.c.state == OutboxState.SENDING)
+    .values(lease_until=bindparam("until"))
+)
+_invites = Invite.__table__
+_BUMP_VERSION = _invites.update().where(_invites.c.id == bindparam("invite_id")).values(version=_invites.c.version + 1)
+
+
 def _still_ours(message_id: int, claimed: Claim, *, commit: bool = True) -> bool:
     """Renew the lease on one row just before delivering it. A batch can outlast its
     lease (a slow SMTP server); a row another worker has taken over since is theirs.
     ``commit=False`` folds the renewal into the transaction recording the previous row."""
-    result = db.session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == message_id, OutboxMessage.claimed_by == claimed.token,
-               OutboxMessage.state == OutboxState.SENDING)
-        .values(lease_until=now_utc() + timedelta(seconds=claimed.lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
+    result = db.session.execute(_RENEW_LEASE, {
+        "message_id": message_id, "token": claimed.token,
+        "until": now_utc() + timedelta(seconds=claimed.lease_seconds),
+    })
     if commit:
         db.session.commit()
     return result.rowcount == 1
@@ -201,10 +212,7 @@ class DeliveryStats:
 
 def _bump_invite_version(invite_id: int | None) -> None:
     if invite_id is not None:
-        db.session.execute(
-            update(Invite).where(Invite.id == invite_id).values(version=Invite.version + 1)
-            .execution_options(synchronize_session=False)
-        )
+        db.session.execute(_BUMP_VERSION, {"invite_id": invite_id})
 
 
 def finish(message: OutboxMessage, outcome: Outcome, *, max_attempts: int, give_up_at: datetime | None = None) -> str:
