@@ -3,16 +3,21 @@ catcher when SMTP_URL is unset), callbacks over HTTPS with their signature."""
 from __future__ import annotations
 
 from flask import current_app
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import joinedload
 
 from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
-from ..models import Invite, OutboxMessage, Recipient
+from ..models import Invite, Recipient
 from .invite_mail import Composer, organizer_address
 from .mail import DeliveryError, SmtpSettings, SmtpTransport, ascii_address
 from .outbox import Outcome
 
 CATCHER = "catcher"
+
+# The invite as it stands, with all its recipients (the ICS lists them) in one query,
+# built once; the email's recipient then comes from the session.
+_INVITE = select(Invite).where(Invite.id == bindparam("invite_id")).options(joinedload(Invite.recipients))
 
 
 class EmailDeliverer:
@@ -26,10 +31,8 @@ class EmailDeliverer:
         self.transport = SmtpTransport(SmtpSettings.from_url(smtp_url)) if smtp_url else None
         self.composer = Composer()
 
-    def __call__(self, message: OutboxMessage) -> Outcome:
-        # The invite with all its recipients in one query (the ICS lists them); the
-        # recipient then comes from the session.
-        invite = (db.session.get(Invite, message.invite_id, options=[joinedload(Invite.recipients)])
+    def __call__(self, message: Row) -> Outcome:
+        invite = (db.session.execute(_INVITE, {"invite_id": message.invite_id}).unique().scalar_one_or_none()
                   if message.invite_id else None)
         recipient = db.session.get(Recipient, message.recipient_id) if message.recipient_id else None
         if invite is None or recipient is None:
@@ -41,19 +44,15 @@ class EmailDeliverer:
             email = self.composer.compose(invite, recipient, method, message.payload)
         except DeliveryError as exc:  # an address no SMTP server can take
             return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
-        message.rendered = email.raw
-        message.subject = email.subject
-        message.sequence = invite.sequence
+        rendered = dict(rendered=email.raw, subject=email.subject, sequence=invite.sequence)
         if self.transport is None:
-            message.transport = CATCHER
-            return Outcome(ok=True)
-        message.transport = "smtp"
+            return Outcome(ok=True, transport=CATCHER, **rendered)
         try:
-            self.transport.send(message.rendered, from_addr=ascii_address(organizer_address(invite)),
+            self.transport.send(email.raw, from_addr=ascii_address(organizer_address(invite)),
                                 to_addrs=[ascii_address(recipient.email)])
         except DeliveryError as exc:
-            return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
-        return Outcome(ok=True)
+            return Outcome(ok=False, error=str(exc), retry=not exc.permanent, transport="smtp", **rendered)
+        return Outcome(ok=True, transport="smtp", **rendered)
 
     def close(self) -> None:
         if self.transport is not None:
