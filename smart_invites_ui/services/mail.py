@@ -8,7 +8,7 @@ from email import message_from_bytes
 from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP, default
-from email.utils import format_datetime, make_msgid
+from email.utils import make_msgid
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
 
@@ -138,7 +138,7 @@ def address(shared: bytes, *, to_email: str, to_name: str, message_id_domain: st
     package builds and flattens the rest once for every recipient it is the same for."""
     own = EmailMessage(policy=POLICY)
     own["To"] = mailbox("To", to_name, to_email)
-    own["Date"] = format_datetime(datetime.now(timezone.utc))
+    own["Date"] = datetime.now(timezone.utc)  # the header formats it (RFC 5322)
     own["Message-ID"] = make_msgid(domain=message_id_domain)
     # Flattened alone, header fields end with the empty line that starts a body; ``shared``
     # begins with the other header fields, so that line comes after them instead.
