@@ -76,7 +76,8 @@ class Composer:
 
     def __init__(self) -> None:
         self._ics: dict[tuple, bytes] = {}
-        self._emails: dict[tuple, Composed] = {}  # shared part: the message without To, Date, Message-ID
+        # What recipients share: the message but for To, Date and Message-ID, flattened.
+        self._shared: dict[tuple, Composed] = {}
 
     def _invite_ics(self, invite: Invite, method: ITipMethod, recipients: list[Recipient]) -> bytes:
         fields = _ics_fields(invite, method, recipients)
@@ -107,10 +108,10 @@ class Composer:
             html=render_template("email/invite.html", **context),
         )
         key = tuple(content.values())
-        shared = self._emails.get(key)
+        shared = self._shared.get(key)
         if shared is None:
             email = build_invite_email(**content)
-            shared = self._emails[key] = Composed(as_bytes(email), str(email["Subject"]))
+            shared = self._shared[key] = Composed(as_bytes(email), str(email["Subject"]))
         raw = address(shared.raw, to_email=recipient.email, to_name=recipient.name,
                       message_id_domain=mail_from.domain)
         return Composed(raw, shared.subject)
