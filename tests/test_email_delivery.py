@@ -261,7 +261,25 @@ def test_the_faster_header_factory_writes_what_the_email_package_writes():
         msg.get_payload()[0].set_boundary("inner")
         return msg.as_bytes(policy=policy)
 
-    assert build(POLICY) == build(SMTP)
+    assert build(POLICY) == build(SMTP.clone(cte_type="7bit"))
+
+
+def test_short_non_ascii_texts_are_encoded_not_sent_as_raw_8bit():
+    """Every line short enough for 8-bit: the SMTP policy would send the UTF-8 as is, which
+    plain SMTP (no 8BITMIME) does not carry. Each part is encoded and reads back the same."""
+    from smart_invites_ui.services.mail import as_bytes, build_invite_email
+
+    ics = "BEGIN:VCALENDAR\r\nSUMMARY:Grüße\r\nEND:VCALENDAR\r\n".encode()
+    raw = as_bytes(build_invite_email(ics=ics, method=ITipMethod.REQUEST, from_email="invites@clinic.example",
+                                      from_name="Zahnärzte Süd", subject="Grüße", text="Grüße\nbis bald\n",
+                                      html="<p>Grüße</p>\n"))
+    assert raw.isascii()
+    msg = message_from_bytes(raw, policy=default_policy)
+    plain, html, calendar = msg.get_payload()[0].get_payload()
+    assert plain.get_content().splitlines() == ["Grüße", "bis bald"]
+    assert html.get_content().splitlines() == ["<p>Grüße</p>"]
+    assert calendar.get_payload(decode=True) == ics
+    assert msg["Subject"] == "Grüße" and msg["From"].addresses[0].display_name == "Zahnärzte Süd"
 
 
 # --- what each staff action sends (SPEC §6) --------------------------------------------------

@@ -39,8 +39,11 @@ class _HeaderRegistry(HeaderRegistry):
         return made
 
 
-# email.policy.SMTP (CRLF line ends, the modern header API) with the header factory above.
-POLICY = SMTP.clone(header_factory=_HeaderRegistry())
+# email.policy.SMTP (CRLF line ends, the modern header API) with the header factory above,
+# and 7-bit bodies: plain SMTP (no 8BITMIME, which smtplib's sendmail does not ask for)
+# carries 7-bit data only, and SMTP's default lets a text part whose lines are all short
+# go out as raw 8-bit UTF-8 (the email package then picks quoted-printable or base64).
+POLICY = SMTP.clone(header_factory=_HeaderRegistry(), cte_type="7bit")
 
 
 def single_line(text: str) -> str:
