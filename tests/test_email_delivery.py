@@ -9,16 +9,20 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
+from email import message_from_bytes
+from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import default as default_policy
 
 import pytest
 from sqlalchemy import func, select, update
 
 from smart_invites_ui.extensions import db
-from smart_invites_ui.models import Invite, OutboxKind, OutboxMessage, OutboxState, now_utc
+from smart_invites_ui.domain import ITipMethod, RecipientStatus
+from smart_invites_ui.models import Invite, OutboxKind, OutboxMessage, OutboxState, Recipient, now_utc
 from smart_invites_ui.services import invites as invite_service
 from smart_invites_ui.services.callbacks import SIGNATURE_HEADER, sign
-from smart_invites_ui.services.invite_mail import organizer_address
+from smart_invites_ui.services.invite_mail import Composer, organizer_address
 from smart_invites_ui.services.mail import SmtpSettings, SmtpTransport
 from tests.conftest import SmtpSink, free_port, make_event, make_invite
 from tests.test_ics import read
@@ -179,6 +183,103 @@ def test_html_part_escapes_text_and_plain_part_keeps_it(app, inbox, deliver):
     assert "Tom &amp; Jerry &lt;b&gt;check-up&lt;/b&gt;" in html_text
     assert "<script>" not in html_text and "&lt;script&gt;" in html_text
     assert email.cal["summary"] == "Tom & Jerry <b>check-up</b>"
+
+
+def test_recipients_of_one_invite_each_get_a_whole_email_of_their_own(app, inbox, deliver):
+    """The worker builds what an invite's recipients share once (invite_mail.Composer);
+    each email still has one of every header, its own To, Date and Message-ID, and parses cleanly."""
+    make_invite(emails=(ANN, BOB, CAT))
+    db.session.execute(update(Recipient).where(Recipient.email == BOB).values(name='Bob "The Builder", Jr.'))
+    db.session.commit()
+    deliver()
+    received = inbox.take_by_recipient()
+
+    assert set(received) == {ANN, BOB, CAT}
+    for address, email in received.items():
+        msg = email.msg
+        for name in ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"):
+            assert len(msg.get_all(name)) == 1, name
+        assert [a.addr_spec for a in msg["To"].addresses] == [address]
+        assert all(not part.defects for part in msg.walk())
+        assert msg.get_content_type() == "multipart/mixed"
+        assert email.cal["attendees"] == [f"mailto:{ANN}", f"mailto:{BOB}", f"mailto:{CAT}"]
+    assert len({email.msg["Message-ID"] for email in received.values()}) == 3
+    assert received[BOB].msg["To"].addresses[0].display_name == 'Bob "The Builder", Jr.'
+
+
+def _composed_ics(composed) -> dict:
+    msg = message_from_bytes(composed.raw, policy=default_policy)
+    (part,) = [p for p in msg.walk() if p.get_content_type() == "text/calendar"]
+    return read(part.get_payload(decode=True))
+
+
+def test_an_email_is_built_anew_when_anything_in_it_differs(app):
+    """Recipients share an email only when it would read the same: an answer, an edit or a
+    removal between two of them gives the later one the invite as it then stands."""
+    invite = make_invite(emails=(ANN, BOB, CAT, DAN))
+    ann, bob, cat, dan = invite.recipients
+    composer = Composer()
+
+    to_ann = composer.compose(invite, ann, ITipMethod.REQUEST)
+    ann.status = RecipientStatus.ACCEPTED
+    to_bob = composer.compose(invite, bob, ITipMethod.REQUEST)
+    partstat = lambda composed: {a: status for a, status, *_ in _composed_ics(composed)["attendee_flags"]}
+    assert partstat(to_ann)[f"mailto:{ANN}"] == "NEEDS-ACTION"
+    assert partstat(to_bob)[f"mailto:{ANN}"] == "ACCEPTED"
+
+    invite.summary = "Check-up, now in Room 4"
+    to_cat = composer.compose(invite, cat, ITipMethod.REQUEST)
+    assert to_cat.subject == "Invitation: Check-up, now in Room 4"
+    assert _composed_ics(to_cat)["summary"] == "Check-up, now in Room 4"
+
+    dan.status = RecipientStatus.REMOVED
+    cancel = composer.compose(invite, dan, ITipMethod.CANCEL)
+    to_bob_again = composer.compose(invite, bob, ITipMethod.REQUEST)
+    assert _composed_ics(cancel)["attendees"] == [f"mailto:{DAN}"]
+    assert "no longer invited" in message_from_bytes(cancel.raw, policy=default_policy).get_body(("plain",)).get_content()
+    assert _composed_ics(to_bob_again)["attendees"] == [f"mailto:{ANN}", f"mailto:{BOB}", f"mailto:{CAT}"]
+
+
+def test_the_faster_header_factory_writes_what_the_email_package_writes():
+    """mail.POLICY only makes each header class once: every byte is the library's own."""
+    from email.policy import SMTP
+
+    from smart_invites_ui.services.mail import POLICY
+
+    def build(policy) -> bytes:
+        msg = EmailMessage(policy=policy)
+        msg["From"] = Address(display_name="Zahnärzte Süd, Praxis <Mitte>", addr_spec="invites+abc@clinic.example")
+        msg["To"] = Address(display_name="Ann " * 20, addr_spec="ann@example.org")
+        msg["Subject"] = "Kontrolle für Jürgen – 歯科検診 😀 " * 3
+        msg["Date"] = "Sun, 22 Nov 2026 04:59:31 +0000"
+        msg["Message-ID"] = "<1.2.3@clinic.example>"
+        msg.set_content("Grüße\n" * 40, subtype="plain", charset="utf-8")
+        msg.add_alternative("<p>Grüße</p>", subtype="html", charset="utf-8")
+        msg.add_attachment(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", maintype="application", subtype="ics",
+                           filename="invite.ics", params={"method": "REQUEST"})
+        msg.set_boundary("outer")
+        msg.get_payload()[0].set_boundary("inner")
+        return msg.as_bytes(policy=policy)
+
+    assert build(POLICY) == build(SMTP.clone(cte_type="7bit"))
+
+
+def test_short_non_ascii_texts_are_encoded_not_sent_as_raw_8bit():
+    """Every line short enough for 8-bit: the SMTP policy would send the UTF-8 as is, which
+    plain SMTP (no 8BITMIME) does not carry. Each part is encoded and reads back the same."""
+    from smart_invites_ui.services.mail import as_bytes, build_invite_email
+
+    ics = "BEGIN:VCALENDAR\r\nSUMMARY:Grüße\r\nEND:VCALENDAR\r\n".encode()
+    raw = as_bytes(build_invite_email(ics=ics, method=ITipMethod.REQUEST, from_email="invites@clinic.example",
+                                      from_name="Zahnärzte Süd", subject="Grüße", text="Grüße\nbis bald\n",
+                                      html="<p>Grüße</p>\n"))
+    assert raw.isascii()
+    msg = message_from_bytes(raw, policy=default_policy)
+    plain, html, calendar = msg.get_payload()[0].get_payload()
+    assert plain.get_content().splitlines() == ["Grüße", "bis bald"]
+    assert html.get_content().splitlines() == ["<p>Grüße</p>"]
+    assert calendar.get_payload(decode=True) == ics
+    assert msg["Subject"] == "Grüße" and msg["From"].addresses[0].display_name == "Zahnärzte Süd"
 
 
 # --- what each staff action sends (SPEC §6) --------------------------------------------------

@@ -276,6 +276,11 @@ def test_smtp_refusal_permanent_or_temporary(app, deliver, reply, state):
     if state == OutboxState.QUEUED:
         assert message.next_attempt_at > now_utc()
     assert handler.messages == []
+    # What was attempted is kept for the audit, though it did not go.
+    assert message.transport == "smtp" and message.subject.startswith("Invitation: ")
+    assert f"\r\nTo: {ANN}\r\n".encode() in b"\r\n" + message.rendered.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    assert message.sequence == 0
+    assert (message.claimed_by, message.lease_until) == (None, None)
 
 
 def test_invite_version_moves_when_an_email_changes_state(app, auth, deliver):

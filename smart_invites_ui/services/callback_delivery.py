@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from flask import current_app
+from sqlalchemy import Row
 
 from ..extensions import db
-from ..models import ApiClient, OutboxMessage
+from ..models import ApiClient
 from .callbacks import deliver_callback, sign
 from .outbox import Outcome
 
@@ -15,14 +16,14 @@ def client_secret(client: ApiClient) -> str:
     return decrypt_secret(client)
 
 
-def deliver_callback_message(message: OutboxMessage) -> Outcome:
+def deliver_callback_message(message: Row) -> Outcome:
     client = db.session.get(ApiClient, message.api_client_id) if message.api_client_id else None
     if client is None:
         return Outcome(ok=False, retry=False, error="no API client to sign this callback with")
     if client.revoked_at is not None:
         return Outcome(ok=False, retry=False, error="the API client was revoked: its callbacks are no longer sent")
     body = message.payload or b""
-    message.transport = "http"
     result = deliver_callback(message.target, body, sign(body, client_secret(client)),
                               allow_private=current_app.config["ALLOW_PRIVATE_CALLBACK_URLS"])
-    return Outcome(ok=result.ok, retry=result.retry, error=result.error, status_code=result.status_code)
+    return Outcome(ok=result.ok, retry=result.retry, error=result.error, status_code=result.status_code,
+                   transport="http")

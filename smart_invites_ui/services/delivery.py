@@ -2,31 +2,38 @@
 catcher when SMTP_URL is unset), callbacks over HTTPS with their signature."""
 from __future__ import annotations
 
-from email.policy import SMTP
-
 from flask import current_app
+from sqlalchemy import Row, bindparam, select
+from sqlalchemy.orm import joinedload
 
 from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
-from ..models import Invite, OutboxMessage, Recipient
-from .invite_mail import compose, organizer_address
+from ..models import Invite, Recipient
+from .invite_mail import Composer, organizer_address
 from .mail import DeliveryError, SmtpSettings, SmtpTransport, ascii_address
 from .outbox import Outcome
 
 CATCHER = "catcher"
 
+# The invite as it stands, with all its recipients (the ICS lists them) in one query,
+# built once; the email's recipient then comes from the session.
+_INVITE = select(Invite).where(Invite.id == bindparam("invite_id")).options(joinedload(Invite.recipients))
+
 
 class EmailDeliverer:
     """Renders an invite email from the invite as it stands and sends it.
 
-    One instance lives for a batch, so the SMTP connection is reused.
+    One instance lives for a batch, so the SMTP connection is reused and what the
+    recipients of an invite share is built once (:class:`Composer`).
     """
 
     def __init__(self, smtp_url: str | None):
         self.transport = SmtpTransport(SmtpSettings.from_url(smtp_url)) if smtp_url else None
+        self.composer = Composer()
 
-    def __call__(self, message: OutboxMessage) -> Outcome:
-        invite = db.session.get(Invite, message.invite_id) if message.invite_id else None
+    def __call__(self, message: Row) -> Outcome:
+        invite = (db.session.execute(_INVITE, {"invite_id": message.invite_id}).unique().scalar_one_or_none()
+                  if message.invite_id else None)
         recipient = db.session.get(Recipient, message.recipient_id) if message.recipient_id else None
         if invite is None or recipient is None:
             return Outcome(ok=False, retry=False, error="the invite or recipient no longer exists")
@@ -34,22 +41,18 @@ class EmailDeliverer:
         if method == ITipMethod.REQUEST and (invite.is_cancelled or recipient.status == RecipientStatus.REMOVED):
             return Outcome(ok=False, error="superseded")  # a CANCEL has been queued for them instead
         try:
-            email = compose(invite, recipient, method, message.payload)
+            email = self.composer.compose(invite, recipient, method, message.payload)
         except DeliveryError as exc:  # an address no SMTP server can take
             return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
-        message.rendered = email.as_bytes(policy=SMTP)
-        message.subject = str(email["Subject"])
-        message.sequence = invite.sequence
+        rendered = dict(rendered=email.raw, subject=email.subject, sequence=invite.sequence)
         if self.transport is None:
-            message.transport = CATCHER
-            return Outcome(ok=True)
-        message.transport = "smtp"
+            return Outcome(ok=True, transport=CATCHER, **rendered)
         try:
-            self.transport.send(message.rendered, from_addr=ascii_address(organizer_address(invite)),
+            self.transport.send(email.raw, from_addr=ascii_address(organizer_address(invite)),
                                 to_addrs=[ascii_address(recipient.email)])
         except DeliveryError as exc:
-            return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
-        return Outcome(ok=True)
+            return Outcome(ok=False, error=str(exc), retry=not exc.permanent, transport="smtp", **rendered)
+        return Outcome(ok=True, transport="smtp", **rendered)
 
     def close(self) -> None:
         if self.transport is not None:
