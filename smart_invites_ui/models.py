@@ -382,7 +382,7 @@ class InboundOutcome(str, enum.Enum):
 
 
 class InboundMessage(db.Model):
-    """A reply email as received (HTTP or IMAP), stored before it is parsed."""
+    """A reply email as received (HTTP or IMAP), stored whatever comes of reading it."""
 
     __tablename__ = "inbound_messages"
 

@@ -1,12 +1,15 @@
-"""Attendees' reply emails (SPEC §2, INTEROP.md §3): store every message first, then read it
-and apply what it says through the one path, ``apply_notification``.
+"""Attendees' reply emails (SPEC §2, INTEROP.md §3): keep every message, read it and apply
+what it says through the one path of ``apply_notification``.
 
-``store_inbound`` keeps the raw message (committed before anything else happens), so nothing
-is lost whatever comes next. ``process_inbound`` reads it and records an outcome staff can
-see on the "Inbound mail" page: applied, duplicate, stale, ignored, unmatched or error, with
-the reason. It never raises: an exception is recorded as an error on the message.
-Whoever processes a message claims it first (``attempts`` moves by one, atomically), so the
-web process, the IMAP poller and several workers never apply the same message twice.
+``receive`` (``POST /inbound/email``, the demo replies) reads a message as it arrives and
+stores it with its outcome in the transaction that applies its replies: one commit. Should
+reading or applying fail, the message is stored with the error instead, so nothing received
+is lost. The IMAP poller and messages too big to read in a request go the other way round:
+``store_inbound`` keeps the raw message first (committed), then ``process_inbound`` reads it.
+Either way staff see an outcome on the "Inbound mail" page: applied, duplicate, stale,
+ignored, unmatched or error, with the reason; processing never raises.
+Whoever processes a stored message claims it first (``attempts`` moves by one, atomically), so
+the web process, the IMAP poller and several workers never apply the same message twice.
 """
 from __future__ import annotations
 
@@ -212,7 +215,6 @@ class _Result:
     reason: str
     invite_id: int | None = None
     headers: dict = field(default_factory=dict)  # what the parser read better than the store did
-    recorded: bool = False  # already written (and committed) with the reply it applied
 
 
 def process_inbound(message: InboundMessage, *, claimed: bool = False) -> InboundOutcome:
