@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from flask import Flask
 from itsdangerous import BadSignature
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, create_engine, select
 from sqlalchemy.engine import Engine
 from werkzeug.http import parse_cookie
 
@@ -32,6 +32,7 @@ from .auth import parse_user_ref
 from .models import Invite, User
 from .security import security_headers
 
+POLL_CONNECTIONS = 2  # per web process, and as many more at busy moments (on a database server)
 VERIFIED_COOKIES = 4096  # sessions remembered per process (~2 MB at most)
 LIVE_PATH = re.compile(r"/invites/([0-9]{1,18})/live\Z")
 
@@ -60,11 +61,12 @@ class UnchangedPoll:
 
     def __init__(self, app: Flask, engine: Engine, wsgi_app):
         self.app = app
-        self.engine = engine
+        self.app_engine = engine
+        self._engine: Engine | None = None
         self.wsgi_app = wsgi_app
         # The check as plain SQL on a pooled DBAPI connection: SQLAlchemy's execution
         # layer costs as much as the query itself here.
-        compiled = _POLL_CHECK.compile(dialect=engine.dialect)
+        compiled = _POLL_CHECK.compile(dialect=engine.dialect)  # the poll's engine has the same dialect
         self._sql = compiled.string
         self._compiled = compiled
         # A page polls with the same cookie all day: its signature is checked once, and
@@ -92,7 +94,10 @@ class UnchangedPoll:
         mode = self.app.config.get("SESSION_PROTECTION", self.app.login_manager.session_protection)
         if mode in ("basic", "strong") and session.get("_id") != session_identifier(environ):
             return False  # the full path decides (strong: signs out; basic: marks not fresh)
-        row = self._check(invite_id, ref[0])
+        try:
+            row = self._check(invite_id, ref[0])
+        except self.app_engine.dialect.loaded_dbapi.Error:
+            return False  # e.g. the database restarted: the full path answers, on its pre-pinged pool
         if row is None:
             return False
         version, session_version, active = row
@@ -110,8 +115,28 @@ class UnchangedPoll:
                 return cursor.fetchone()
             finally:
                 cursor.close()
+        except BaseException:
+            connection.invalidate()  # a connection that failed is not given out again
+            raise
         finally:
-            connection.close()  # back to the pool, rolled back
+            connection.close()  # back to the pool
+
+    @property
+    def engine(self) -> Engine:
+        """What the check runs on. SQLite: the app's engine (a file, no pre-ping). A
+        database server: a small engine of the poll's own, in autocommit and without
+        pre-ping. The app's pool pings the server before the query and rolls back after
+        it, two more round trips on every poll; a dead connection here only sends the
+        poll down the full path, and is thrown away."""
+        if self._engine is None:
+            if self.app_engine.dialect.name == "sqlite":
+                self._engine = self.app_engine
+            else:
+                options = dict(self.app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+                options.update(pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_size=POLL_CONNECTIONS,
+                               max_overflow=POLL_CONNECTIONS)
+                self._engine = create_engine(self.app_engine.url, **options)
+        return self._engine
 
     def _session(self, environ: dict) -> dict | None:
         app = self.app

@@ -255,3 +255,20 @@ def test_the_fast_path_binds_sessions_exactly_as_flask_login_does(app, environ):
 
     with app.test_request_context(environ_base=environ):
         assert session_identifier(environ) == _create_identifier()
+
+
+def test_an_unchanged_poll_survives_the_database_dropping_its_connections(staff, app):
+    """On a database server the fast path has connections of its own, without pre-ping: when
+    the server drops them (a restart, a failover), the poll still answers, and recovers."""
+    from sqlalchemy import text
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    invite = make_invite()
+    version = version_of(invite)
+    assert poll(staff.client, invite, version).status_code == 204
+    db.session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    db.session.commit()
+    for _ in range(3):
+        assert poll(staff.client, invite, version).status_code == 204
