@@ -32,7 +32,7 @@ from .auth import parse_user_ref
 from .models import Invite, User
 from .security import security_headers
 
-POLL_CONNECTIONS = 2  # per web process, and as many more at busy moments (on a database server)
+POLL_CONNECTIONS = 2  # per web worker, and as many more at busy moments (on a database server)
 VERIFIED_COOKIES = 4096  # sessions remembered per process (~2 MB at most)
 LIVE_PATH = re.compile(r"/invites/([0-9]{1,18})/live\Z")
 
