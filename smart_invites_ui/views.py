@@ -19,6 +19,19 @@ NAVIGATION = (
 )
 
 
+MAX_PAGE = 100_000  # a bigger OFFSET is a database error (an integer out of range)
+
+
+def requested_page() -> int:
+    """The list page asked for (``?page=``): at least 1, and small enough for an OFFSET."""
+    return min(max(request.args.get("page", 1, type=int) or 1, 1), MAX_PAGE)
+
+
+def page_count(total: int, per_page: int) -> int:
+    """How many pages ``total`` rows make (one, when there are none)."""
+    return max((total + per_page - 1) // per_page, 1)
+
+
 def nav_links() -> list[tuple[str, str]]:
     if not current_user.is_authenticated:
         return []

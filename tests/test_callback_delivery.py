@@ -188,3 +188,9 @@ def test_a_revoked_clients_callbacks_are_not_sent(http_recorder, make_api_invite
     [row] = callback_rows()
     assert row.state == OutboxState.FAILED
     assert "revoked" in row.last_error
+
+
+def test_a_page_number_past_any_list_shows_an_empty_page(auth, client, fast_passwords):
+    """A huge ?page= (a typo, a crawler) is an empty page, not a database error."""
+    auth.login("admin@example.org", role=Role.ADMIN)
+    assert client.get("/admin/callbacks?page=99999999999999999999").status_code == 200

@@ -15,6 +15,7 @@ from ..extensions import db
 from ..invites.forms import ActionForm
 from ..models import ApiClient, Invite, OutboxKind, OutboxMessage, OutboxState
 from ..services import api_clients as service
+from ..views import page_count, requested_page
 
 bp = Blueprint("api_admin", __name__, url_prefix="/admin")
 
@@ -84,7 +85,7 @@ def deliveries():
     state = request.args.get("state", "")
     if state not in dict(STATE_FILTERS):
         state = ""
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = requested_page()
     where = [OutboxMessage.kind == OutboxKind.CALLBACK]
     if state:
         where.append(OutboxMessage.state == OutboxState(state))
@@ -100,6 +101,6 @@ def deliveries():
     counts = dict(db.session.execute(
         select(OutboxMessage.state, func.count()).where(OutboxMessage.kind == OutboxKind.CALLBACK)
         .group_by(OutboxMessage.state)).all())
-    pages = max((total + DELIVERIES_PER_PAGE - 1) // DELIVERIES_PER_PAGE, 1)
+    pages = page_count(total, DELIVERIES_PER_PAGE)
     return render_template("api_admin/deliveries.html", rows=rows, state=state, filters=STATE_FILTERS,
                            counts={s.value: n for s, n in counts.items()}, page=page, pages=pages, total=total)

@@ -20,6 +20,7 @@ from ..invites.forms import ActionForm
 from ..models import InboundMessage, InboundOutcome, Invite
 from ..security import public
 from ..services import replies
+from ..views import page_count, requested_page
 from .jobs import poll_inbound
 
 bp = Blueprint("inbound", __name__)
@@ -118,7 +119,7 @@ def index():
     outcome = request.args.get("outcome", "")
     if outcome not in dict(OUTCOME_FILTERS):
         outcome = ""
-    page = min(max(request.args.get("page", 1, type=int) or 1, 1), 100_000)
+    page = requested_page()
     where = [InboundMessage.outcome == InboundOutcome(outcome)] if outcome else []
     total = db.session.scalar(select(func.count()).select_from(InboundMessage).where(*where)) or 0
     # Everything but the raw bytes, which can be 25 MB each.
@@ -136,7 +137,7 @@ def index():
     return render_template(
         "inbound/index.html", rows=rows, outcome=outcome, filters=OUTCOME_FILTERS,
         counts={o.value: n for o, n in counts.items()}, page=page, total=total,
-        pages=max((total + PER_PAGE - 1) // PER_PAGE, 1), reprocessable={o.value for o in replies.REPROCESSABLE},
+        pages=page_count(total, PER_PAGE), reprocessable={o.value for o in replies.REPROCESSABLE},
         action_form=ActionForm(), inbound_enabled=bool(current_app.config.get("INBOUND_EMAIL_SECRET")),
         imap_enabled=bool(current_app.config.get("IMAP_URL")))
 

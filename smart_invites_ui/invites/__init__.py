@@ -14,6 +14,7 @@ from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply, now_ut
 from ..services import invites as service
 from ..services.invite_mail import invite_ics
 from ..services.providers import ProviderError
+from ..views import page_count, requested_page
 from .forms import ActionForm, AddRecipientsForm, EventForm, NewInviteForm, timezone_choices
 
 bp = Blueprint("invites", __name__, url_prefix="/invites")
@@ -48,10 +49,10 @@ def index():
     status = request.args.get("status", "")
     if status not in dict(service.ListFilter.CHOICES):
         status = ""
-    page = min(max(request.args.get("page", 1, type=int) or 1, 1), 100_000)  # a huge OFFSET is a database error
+    page = requested_page()
     per_page = 25
     rows, total = service.list_invites(q, status, page, per_page)
-    pages = max((total + per_page - 1) // per_page, 1)
+    pages = page_count(total, per_page)
     return render_template("invites/index.html", rows=rows, total=total, q=q, status=status, page=page,
                            pages=pages, filters=service.ListFilter.CHOICES,
                            attention=service.attention_count())

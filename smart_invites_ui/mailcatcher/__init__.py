@@ -5,12 +5,13 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template
 from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import OutboxKind, OutboxMessage, OutboxState
 from ..services.delivery import CATCHER
+from ..views import page_count, requested_page
 from . import reply
 
 bp = Blueprint("mailcatcher", __name__, url_prefix="/mail")
@@ -38,13 +39,13 @@ def _part(email: EmailMessage, content_type: str):
 
 @bp.get("")
 def index():
-    page = min(max(request.args.get("page", 1, type=int) or 1, 1), 100_000)  # a huge OFFSET is a database error
+    page = requested_page()
     per_page = 50
     total = db.session.scalar(select(func.count()).select_from(_caught().subquery())) or 0
     rows = db.session.scalars(_caught().order_by(OutboxMessage.id.desc())
                               .offset((page - 1) * per_page).limit(per_page)).all()
     return render_template("mailcatcher/index.html", rows=rows, page=page, total=total,
-                           pages=max((total + per_page - 1) // per_page, 1),
+                           pages=page_count(total, per_page),
                            smtp_configured=bool(current_app.config["SMTP_URL"]))
 
 
