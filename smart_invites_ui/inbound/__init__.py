@@ -138,7 +138,7 @@ def index():
         "inbound/index.html", rows=rows, outcome=outcome, filters=OUTCOME_FILTERS,
         counts={o.value: n for o, n in counts.items()}, page=page, total=total,
         pages=page_count(total, PER_PAGE), reprocessable={o.value for o in replies.REPROCESSABLE},
-        action_form=ActionForm(), inbound_enabled=bool(current_app.config.get("INBOUND_EMAIL_SECRET")),
+        inbound_enabled=bool(current_app.config.get("INBOUND_EMAIL_SECRET")),
         imap_enabled=bool(current_app.config.get("IMAP_URL")))
 
 
