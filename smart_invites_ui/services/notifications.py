@@ -186,19 +186,11 @@ def _same_as_current(recipient: _Recipient, reply: StatusReply) -> bool:
             and recipient.proposal == reply.proposal)
 
 
-def apply_notification(
-    payload: dict,
-    *,
-    source: NotificationSource,
-    raw: bytes | str | None = None,
-    dedupe_key: str | None = None,
-    dtstamp: datetime | None = None,
-    sequence: int | None = None,
-) -> ApplyResult:
-    """Record and apply one notification in one transaction (committed here)."""
+def apply_notification(payload: dict, **options) -> ApplyResult:
+    """Record and apply one notification in one transaction (committed here):
+    :func:`record_notification` with the same arguments, then the commit."""
     try:
-        result = record_notification(payload, source=source, raw=raw, dedupe_key=dedupe_key, dtstamp=dtstamp,
-                                     sequence=sequence)
+        result = record_notification(payload, **options)
     except BaseException:
         db.session.rollback()
         raise
