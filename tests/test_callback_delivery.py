@@ -2,6 +2,7 @@
 through the worker, signed, retried when worth it, and visible to admins."""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pycronofy
@@ -173,6 +174,9 @@ def test_admins_see_each_deliverys_state(http_recorder, make_api_invite, deliver
 
     only_failed = client.get("/admin/callbacks?state=failed").get_data(as_text=True)
     assert f'data-id="{failed.id}"' in only_failed and f'data-id="{sent.id}"' not in only_failed
+    # The filter tabs: each state with its count, the one shown marked.
+    assert re.search(r'<a href="/admin/callbacks\?state=failed" class="active">Failed \(1\)</a>', only_failed)
+    assert re.search(r'<a href="/admin/callbacks\?state=sent" class="">Delivered \(1\)</a>', only_failed)
 
 
 def test_a_revoked_clients_callbacks_are_not_sent(http_recorder, make_api_invite, api_client, deliver):
