@@ -66,9 +66,7 @@ class UnchangedPoll:
         self.wsgi_app = wsgi_app
         # The check as plain SQL on a pooled DBAPI connection: SQLAlchemy's execution
         # layer costs as much as the query itself here.
-        compiled = _POLL_CHECK.compile(dialect=engine.dialect)  # the poll's engine has the same dialect
-        self._sql = compiled.string
-        self._compiled = compiled
+        self._compiled = _POLL_CHECK.compile(dialect=engine.dialect)  # the poll's engine has the same dialect
         # A page polls with the same cookie all day: its signature is checked once, and
         # its age at every poll. Only cookies that verified are remembered.
         self._verified: dict[str, tuple[dict, int]] = {}
@@ -111,7 +109,7 @@ class UnchangedPoll:
         try:
             cursor = connection.cursor()
             try:
-                cursor.execute(self._sql, params)
+                cursor.execute(self._compiled.string, params)
                 return cursor.fetchone()
             finally:
                 cursor.close()
