@@ -14,6 +14,9 @@ from . import config as settings
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True,
                 template_folder="../templates", static_folder="../static")
+    from .sessions import RememberedCookieSessions
+
+    app.session_interface = RememberedCookieSessions()
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_mapping(settings.from_environment(dict(os.environ), app.instance_path))
     if test_config:

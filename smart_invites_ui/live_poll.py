@@ -18,12 +18,10 @@ which answers it as every other page would.
 from __future__ import annotations
 
 import re
-import time
 from hashlib import sha512
 from urllib.parse import parse_qsl
 
 from flask import Flask
-from itsdangerous import BadSignature
 from sqlalchemy import bindparam, create_engine, select
 from sqlalchemy.engine import Engine
 from werkzeug.http import parse_cookie
@@ -33,7 +31,6 @@ from .models import Invite, User
 from .security import security_headers
 
 POLL_CONNECTIONS = 2  # per web worker, and as many more at busy moments (on a database server)
-VERIFIED_COOKIES = 4096  # sessions remembered per process (~2 MB at most)
 LIVE_PATH = re.compile(r"/invites/([0-9]{1,18})/live\Z")
 
 # Is the session's user still signed in (same session version, still active), and
@@ -67,9 +64,6 @@ class UnchangedPoll:
         # The check as plain SQL on a pooled DBAPI connection: SQLAlchemy's execution
         # layer costs as much as the query itself here.
         self._compiled = _POLL_CHECK.compile(dialect=engine.dialect)  # the poll's engine has the same dialect
-        # A page polls with the same cookie all day: its signature is checked once, and
-        # its age at every poll. Only cookies that verified are remembered.
-        self._verified: dict[str, tuple[dict, int]] = {}
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") == "GET":
@@ -137,33 +131,8 @@ class UnchangedPoll:
         return self._engine
 
     def _session(self, environ: dict) -> dict | None:
-        app = self.app
-        value = parse_cookie(environ).get(app.config["SESSION_COOKIE_NAME"])
-        if not value:
-            return None
-        verified = self._verified.get(value)
-        if verified is None:
-            verified = self._verify(value)
-            if verified is None:
-                return None
-            if len(self._verified) >= VERIFIED_COOKIES:
-                self._verified.clear()
-            self._verified[value] = verified
-        data, signed_at = verified
-        age = int(time.time()) - signed_at  # itsdangerous's rule: refused when older or in the future
-        if age > app.permanent_session_lifetime.total_seconds() or age < 0:
-            return None
-        return data
-
-    def _verify(self, value: str) -> tuple[dict, int] | None:
-        serializer = self.app.session_interface.get_signing_serializer(self.app)
-        if serializer is None:  # no SECRET_KEY: Flask refuses sessions too
-            return None
-        try:
-            data, signed_at = serializer.loads(value, return_timestamp=True)
-        except BadSignature:
-            return None
-        return (data, int(signed_at.timestamp())) if isinstance(data, dict) else None
+        value = parse_cookie(environ).get(self.app.config["SESSION_COOKIE_NAME"])
+        return self.app.session_interface.verified(self.app, value) if value else None
 
 
 def _first_int(query: str, name: str) -> int | None:

@@ -1,17 +1,19 @@
 """Logging in and out; the login requirement for every page."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request, session,
                    url_for)
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import UserMixin, current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
+from sqlalchemy import bindparam, select
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
 from ..extensions import db, limiter, login_manager
-from ..models import User
+from ..models import Role, User
 from ..services import users
 
 bp = Blueprint("auth", __name__)
@@ -30,15 +32,48 @@ def parse_user_ref(user_ref: str | None) -> tuple[int, int] | None:
     return int(ident), int(version)
 
 
+@dataclass(frozen=True, eq=False)
+class SignedInUser(UserMixin):
+    """The signed-in person of a request: what pages show of them and what actions
+    record (``id``). Read on every request with one plain query rather than loaded as
+    an ORM ``User``: that load was a third of a small page's time. A view that
+    changes the user itself loads the ``User``."""
+
+    id: int
+    email: str
+    name: str
+    role: Role
+    active: bool
+    timezone: str
+    session_version: int
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_version}"
+
+
+_users = User.__table__.c
+_SIGNED_IN = select(_users.id, _users.email, _users.name, _users.role, _users.active, _users.timezone,
+                    _users.session_version).where(_users.id == bindparam("user_id"))
+
+
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
+def load_user(user_id: str) -> SignedInUser | None:
     ref = parse_user_ref(user_id)
     if ref is None:
         return None
-    user = db.session.get(User, ref[0])
-    if user is None or user.session_version != ref[1] or not user.active:
+    # On the session's own connection: the view's queries then share its transaction.
+    row = db.session.connection().execute(_SIGNED_IN, {"user_id": ref[0]}).first()
+    if row is None or row.session_version != ref[1] or not row.active:
         return None
-    return user
+    return SignedInUser(*row)
 
 
 @login_manager.unauthorized_handler

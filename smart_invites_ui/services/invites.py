@@ -165,7 +165,8 @@ def create_invite(
             reference = candidate
 
     invite = Invite(smart_invite_id=reference, organizer_name=organizer_name.strip(), source=source,
-                    created_by=created_by, api_client=api_client, callback_url=callback_url,
+                    created_by_id=created_by.id if created_by is not None else None, api_client=api_client,
+                    callback_url=callback_url,
                     sequence=0, version=1, status=InviteStatus.ACTIVE)
     invite.set_event(event)
     invite.recipients = [Recipient(email=r.email, name=r.name.strip()) for r in recipients]
