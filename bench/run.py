@@ -289,11 +289,14 @@ def login(base_url: str) -> str:
                                                          "csrf_token": token}, allow_redirects=False)
     if response.status_code != 302:
         raise RuntimeError(f"logging in failed: {response.status_code}")
-    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
-    check = requests.get(base_url + "/invites", headers={"Cookie": cookie, "User-Agent": USER_AGENT},
-                         allow_redirects=False)
+    # As a browser does: open the first page, and keep the cookie it answers with. The
+    # session made at login holds no CSRF token yet; the first page that renders a form
+    # adds one, and a client that kept sending the login's cookie would have a new
+    # session cookie signed and set on every request.
+    check = session.get(base_url + "/invites", allow_redirects=False)
     if check.status_code != 200:  # wrk counts a redirect to the login page as a success: make sure
         raise RuntimeError(f"the session cookie does not open /invites ({check.status_code})")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
     return cookie
 
 

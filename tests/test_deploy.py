@@ -174,3 +174,22 @@ def test_worker_once_also_runs_the_background_duties(app, runner):
     result = runner.invoke(args=["worker", "--once"])
     assert result.exit_code == 0, result.output
     assert len(calls) == 1
+
+
+def test_a_second_web_process_refuses_a_port_already_served(scratch_database, tmp_path):
+    """Workers listen with SO_REUSEPORT (gunicorn.conf.py), which would let a second copy
+    bind the same port and quietly take half the requests: it must refuse instead."""
+    from tests.conftest import start_live_server
+
+    first = start_live_server(scratch_database, worker=False, log_dir=tmp_path)
+    try:
+        port = first.url.rsplit(":", 1)[1]
+        second = subprocess.run(
+            [str(BIN / "gunicorn"), "app:app", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT, env=dict(first.env), capture_output=True, text=True, timeout=30)
+        assert second.returncode != 0
+        assert f"Cannot listen on 127.0.0.1:{port}: another process is already listening there" in second.stdout + second.stderr
+        with urllib.request.urlopen(first.url + "/healthz", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        first.stop()
