@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from functools import partial
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -37,12 +38,17 @@ def create_app(test_config: dict | None = None) -> Flask:
     limiter.init_app(app)
     # Every limit here decorates its view (``@limiter.limit``), and a decorated view checks
     # its limits when called. The extension's before_request check only serves default,
-    # application-wide or blueprint limits, which this app has none of; it cost every
-    # request ~0.1 ms (a third of an unchanged live poll), so it is taken off. (With
-    # RATELIMIT_ENABLED=false the extension registers no hooks at all.)
+    # application-wide or blueprint limits, which this app has none of, and its
+    # after_request hook only adds X-RateLimit headers (off) and deducts ``deduct_when``
+    # limits (none here). Together they cost every request ~0.1 ms, a third of an
+    # unchanged live poll, so they are taken off. (With RATELIMIT_ENABLED=false the
+    # extension registers no hooks at all.)
     hooks = app.before_request_funcs[None]
     if limiter._check_request_limit in hooks:
         hooks.remove(limiter._check_request_limit)
+    if not limiter._headers_enabled:
+        app.after_request_funcs[None] = [hook for hook in app.after_request_funcs.get(None, [])
+                                         if not (isinstance(hook, partial) and hook.args == (limiter,))]
 
     from . import admin, auth, health, invites, mailcatcher, security, webhooks
 

@@ -2,10 +2,12 @@
 the reason (a signature, a secret, an API key), and security headers on every response."""
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-from flask import Flask, abort, current_app, request
+from flask import Flask, abort, current_app, g, request, session
 from flask_login import current_user
+from flask_wtf.csrf import generate_csrf
 
 PUBLIC_ENDPOINTS = {"static", "auth.login", "health.healthz"}
 
@@ -22,6 +24,47 @@ def security_headers(config) -> list[tuple[str, str]]:
     if config.get("SESSION_COOKIE_SECURE"):
         headers.append(("Strict-Transport-Security", "max-age=31536000"))
     return headers
+
+
+# CSRF tokens. Flask-WTF signs a new token (with a timestamp) for every request that
+# renders a form, and a page of small action forms asks for it in each of them. Here a
+# signed token is reused for a minute, per session and key: a page within that minute
+# starts with it in ``g``, where Flask-WTF's own form fields and ``csrf_token()`` find
+# it. A reused token is at most a minute older, so it is still accepted for
+# WTF_CSRF_TIME_LIMIT (an hour) less that minute.
+CSRF_TOKEN_REUSE_SECONDS = 60
+_SIGNED_CSRF_TOKENS = "signed_csrf_tokens"  # app.extensions: {(session's secret, key): (token, signed at)}
+
+
+def _csrf_token_key(app: Flask) -> tuple[str, tuple]:
+    name = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    return name, (session.get(name), app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key)
+
+
+def _reuse_csrf_token(app: Flask) -> None:
+    name, key = _csrf_token_key(app)
+    known = app.extensions[_SIGNED_CSRF_TOKENS].get(key) if key[0] else None
+    if known is not None and 0 <= time.time() - known[1] < CSRF_TOKEN_REUSE_SECONDS:
+        setattr(g, name, known[0])
+        g.csrf_token_reused = True
+
+
+def _remember_csrf_token(app: Flask) -> None:
+    name, key = _csrf_token_key(app)
+    token = g.get(name)
+    if token is None or g.get("csrf_token_reused") or not key[0]:
+        return
+    signed = app.extensions[_SIGNED_CSRF_TOKENS]
+    if len(signed) >= 4096:
+        signed.clear()
+    signed[key] = (token, time.time())
+
+
+def csrf_token() -> str:
+    """The request's CSRF token (templates' ``csrf_token()``): Flask-WTF's, without
+    looking its settings up again for every form on the page."""
+    token = g.get(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"))
+    return token if token is not None else generate_csrf()
 
 
 def public(reason: str) -> Callable:
@@ -47,6 +90,9 @@ def _holds_nul(pairs: list[tuple[str, list[str]]]) -> bool:
 
 
 def init_app(app: Flask) -> None:
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.extensions[_SIGNED_CSRF_TOKENS] = {}
+
     @app.before_request
     def require_login():
         endpoint = request.endpoint
@@ -56,6 +102,7 @@ def init_app(app: Flask) -> None:
             return None
         if not current_user.is_authenticated:
             return current_app.login_manager.unauthorized()
+        _reuse_csrf_token(app)
         return None
 
     @app.before_request
@@ -75,6 +122,7 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def add_security_headers(response):
+        _remember_csrf_token(app)
         headers = response.headers
         for name, value in security_headers(app.config):
             if name not in headers:

@@ -26,8 +26,8 @@ class RememberedCookieSessions(SecureCookieSessionInterface):
         self._verified: dict[str, tuple[dict, int]] = {}
 
     def open_session(self, app: Flask, request):
-        if self.get_signing_serializer(app) is None:
-            return None  # no SECRET_KEY: Flask refuses sessions
+        if not app.secret_key:
+            return None  # Flask refuses sessions without a key (the serializer is made only when needed)
         value = request.cookies.get(self.get_cookie_name(app))
         data = self.verified(app, value) if value else None
         return self.session_class(data or {})  # a copy: the request changes its own

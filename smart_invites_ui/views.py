@@ -4,6 +4,9 @@ from __future__ import annotations
 from flask import Flask, current_app, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
+from markupsafe import Markup, escape
+
+from .security import csrf_token
 
 # The top navigation: (endpoint, label, admins only). Features that are not
 # registered in this app are left out.
@@ -39,12 +42,32 @@ def nav_links() -> list[tuple[str, str]]:
             if endpoint in current_app.view_functions and (current_user.is_admin or not admin_only)]
 
 
+# Small pieces of markup that pages repeat in loops (a row's actions, a status), made in
+# Python: as Jinja macros their calls were a third of the live fragment's rendering.
+def button_form(action: str, label: str, confirm: str | None = None, cls: str = "",
+                extra: dict[str, str] | None = None) -> Markup:
+    """A one-button POST form with the CSRF token (``extra``: more hidden fields);
+    ``confirm`` is asked first (static/app.js)."""
+    confirm_attr = f' data-confirm="{escape(confirm)}"' if confirm else ""
+    hidden = "".join(f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+                     for k, v in extra.items()) if extra else ""
+    return Markup(f'<form method="post" action="{escape(action)}" class="inline"{confirm_attr}>\n'
+                  f'  <input type="hidden" name="csrf_token" value="{escape(csrf_token())}">\n'
+                  f'  {hidden}\n'
+                  f'  <button type="submit" class="{escape(cls)}">{escape(label)}</button>\n'
+                  f'</form>')
+
+
+def status_badge(status) -> Markup:
+    return Markup(f'<span class="badge badge-{escape(status.value)}">{escape(status.label)}</span>')
+
+
 def _wants_json() -> bool:
     return request.path.startswith(("/v1/", "/webhooks/", "/inbound/", "/healthz"))
 
 
 def init_app(app: Flask) -> None:
-    app.jinja_env.globals["nav_links"] = nav_links
+    app.jinja_env.globals.update(nav_links=nav_links, button_form=button_form, status_badge=status_badge)
 
     @app.get("/")
     def home():
