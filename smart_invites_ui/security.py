@@ -124,7 +124,8 @@ def init_app(app: Flask) -> None:
     def add_security_headers(response):
         _remember_csrf_token(app)
         headers = response.headers
+        present = {name.lower() for name in headers.keys()}  # a view may have set its own
         for name, value in security_headers(app.config):
-            if name not in headers:
-                headers[name] = value
+            if name.lower() not in present:
+                headers.add(name, value)
         return response

@@ -32,6 +32,15 @@ class RememberedCookieSessions(SecureCookieSessionInterface):
         data = self.verified(app, value) if value else None
         return self.session_class(data or {})  # a copy: the request changes its own
 
+    def save_session(self, app: Flask, session, response) -> None:
+        # Most requests leave the session as it was: then Flask only marks the response
+        # as varying by cookie, after reading seven cookie settings it does not use.
+        if not session.modified and not (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]):
+            if session.accessed:
+                response.vary.add("Cookie")
+            return
+        super().save_session(app, session, response)
+
     def verified(self, app: Flask, value: str) -> dict | None:
         """The session in cookie ``value``, or None when its signature is wrong or it
         has expired. The returned dict is shared: do not change it."""
