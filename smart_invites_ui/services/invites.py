@@ -425,7 +425,7 @@ class ListFilter:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InviteRow:
     """One line of the invites list: what it shows of an invite, and its recipients' answers."""
 
@@ -489,9 +489,10 @@ def _list_order(now) -> tuple:
 def _list_key(now: datetime):
     """:func:`_list_order` for rows already read."""
     def key(row) -> tuple:
-        if row.end > now:
-            return 0, row.start, row.id
-        return 1, -row.start.timestamp(), row.id
+        invite_id, _, _, start, end = row[:5]  # _LIST_COLUMNS' first five (unpacked: cheaper than a Row's fields)
+        if end > now:
+            return 0, start, invite_id
+        return 1, -start.timestamp(), invite_id
     return key
 
 
@@ -579,11 +580,11 @@ def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 2
             rows += connection.execute(queries.past, {**params, "offset": past_offset,
                                                       "limit": per_page - len(rows)})
     rows.sort(key=_list_key(now))
-    return [InviteRow(id=row.id, smart_invite_id=row.smart_invite_id, summary=row.summary, start=row.start,
-                      tzid=row.tzid, cancelled=row.status == InviteStatus.CANCELLED, past=row.end <= now,
-                      api_client=row.api_client, accepted=int(row.accepted), declined=int(row.declined),
-                      tentative=int(row.tentative), pending=int(row.pending), attention=int(row.attention))
-            for row in rows], total
+    # Unpacked rather than read field by field: a Row's field costs ~0.4 us to read.
+    return [InviteRow(invite_id, reference, summary, start, tzid, status == InviteStatus.CANCELLED, end <= now,
+                      api_client, int(accepted), int(declined), int(tentative), int(pending), int(attention))
+            for (invite_id, reference, summary, start, end, tzid, status, api_client, accepted, declined, tentative,
+                 pending, attention) in rows], total
 
 
 def get_by_reference(reference: str) -> Invite | None:
