@@ -14,6 +14,7 @@ from wtforms.validators import DataRequired
 
 from ..extensions import db, limiter, login_manager
 from ..models import Role, User
+from ..plain_sql import PlainSelect
 from ..services import users
 
 bp = Blueprint("auth", __name__)
@@ -60,8 +61,8 @@ class SignedInUser(UserMixin):
 
 
 _users = User.__table__.c
-_SIGNED_IN = select(_users.id, _users.email, _users.name, _users.role, _users.active, _users.timezone,
-                    _users.session_version).where(_users.id == bindparam("user_id"))
+_SIGNED_IN = PlainSelect(select(_users.id, _users.email, _users.name, _users.role, _users.active, _users.timezone,
+                    _users.session_version).where(_users.id == bindparam("user_id")))
 
 
 @login_manager.user_loader
@@ -70,7 +71,7 @@ def load_user(user_id: str) -> SignedInUser | None:
     if ref is None:
         return None
     # On the session's own connection: the view's queries then share its transaction.
-    row = db.session.connection().execute(_SIGNED_IN, {"user_id": ref[0]}).first()
+    row = _SIGNED_IN.first(db.session.connection(), user_id=ref[0])
     if row is None or row.session_version != ref[1] or not row.active:
         return None
     return SignedInUser(*row)

@@ -1,7 +1,6 @@
 """Pages for staff: list, create, watch live, change and cancel invites."""
 from __future__ import annotations
 
-from collections import namedtuple
 from datetime import datetime
 from typing import NamedTuple
 
@@ -12,6 +11,7 @@ from sqlalchemy import bindparam, select
 from ..domain import InviteStatus, ITipMethod, RecipientStatus
 from ..extensions import db
 from ..models import Invite, OutboxKind, OutboxMessage, Recipient, Reply, now_utc
+from ..plain_sql import PlainSelect
 from ..services import invites as service
 from ..services.invite_mail import invite_ics
 from ..services.providers import ProviderError
@@ -89,8 +89,9 @@ def new():
 
 
 # The live part of an invite's page (templates/invites/_live.html), which every page left
-# open asks for again whenever the invite changes: plain rows from Core statements built
-# once, run on the session's connection (the ORM's per-statement work was half the poll).
+# open asks for again whenever the invite changes: named tuples from statements built once
+# and run as PlainSelects on the session's connection (the ORM's per-statement work was
+# half the poll).
 class LiveInvite(NamedTuple):
     id: int
     version: int
@@ -102,40 +103,27 @@ class LiveInvite(NamedTuple):
 _R = Recipient.__table__.c
 _RECIPIENT_COLUMNS = (_R.id, _R.email, _R.name, _R.status, _R.comment, _R.proposal_start, _R.proposal_end,
                       _R.replied_at, _R.needs_attention)
-_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_R.invite_id == bindparam("invite_id")).order_by(_R.id)
+_RECIPIENTS = PlainSelect(select(*_RECIPIENT_COLUMNS).where(_R.invite_id == bindparam("invite_id")).order_by(_R.id))
 # The invite (its columns labelled invite_*) with its recipients, in one query.
 _I = Invite.__table__.c
 _INVITE_COLUMNS = tuple(_I[name].label(f"invite_{name}") for name in LiveInvite._fields)
-_INVITE_WITH_RECIPIENTS = (
+_INVITE_WITH_RECIPIENTS = PlainSelect(
     select(*_INVITE_COLUMNS, *_RECIPIENT_COLUMNS)
     .select_from(Invite.__table__.outerjoin(Recipient.__table__, _R.invite_id == _I.id))
     .where(_I.id == bindparam("invite_id"))
     .order_by(_R.id)
 )
 _P = Reply.__table__.c
-_REPLIES = (select(_P.received_at, _P.email, _P.status, _P.comment, _P.proposal_start, _P.proposal_end,
+_REPLIES = PlainSelect(select(_P.received_at, _P.email, _P.status, _P.comment, _P.proposal_start, _P.proposal_end,
                    _P.applied, _P.note, _P.source)
             .where(_P.invite_id == bindparam("invite_id"))
             .order_by(_P.received_at.desc(), _P.id.desc()))
 # What the page shows of each email, not the message itself (the ICS and the delivered email).
 _O = OutboxMessage.__table__.c
-_EMAILS = (select(_O.id, _O.target, _O.method, _O.sequence, _O.state, _O.transport, _O.attempts, _O.sent_at,
+_EMAILS = PlainSelect(select(_O.id, _O.target, _O.method, _O.sequence, _O.state, _O.transport, _O.attempts, _O.sent_at,
                   _O.last_error, _O.next_attempt_at)
            .where(_O.invite_id == bindparam("invite_id"), _O.kind == OutboxKind.EMAIL)
            .order_by(_O.id.desc()))
-
-
-_ROW_TYPES: dict[tuple, type] = {}
-
-
-def _plain(result) -> list:
-    """A result's rows as named tuples: the fragment reads each field several times, and a
-    named tuple's fields are several times cheaper to read than a Row's."""
-    keys = tuple(result.keys())
-    row_type = _ROW_TYPES.get(keys)
-    if row_type is None:
-        row_type = _ROW_TYPES.setdefault(keys, namedtuple("LiveRow", keys))
-    return [row_type._make(row) for row in result]
 
 
 def _detail_context(invite, recipients=None) -> dict:
@@ -144,10 +132,10 @@ def _detail_context(invite, recipients=None) -> dict:
     params = {"invite_id": invite.id}
     connection = db.session.connection()
     if recipients is None:
-        recipients = _plain(connection.execute(_RECIPIENTS, params))
+        recipients = _RECIPIENTS.all(connection, **params)
     cancelled = invite.status == InviteStatus.CANCELLED
-    return dict(invite=invite, recipients=recipients, replies=_plain(connection.execute(_REPLIES, params)),
-                emails=_plain(connection.execute(_EMAILS, params)), cancelled=cancelled,
+    return dict(invite=invite, recipients=recipients, replies=_REPLIES.all(connection, **params),
+                emails=_EMAILS.all(connection, **params), cancelled=cancelled,
                 live=not cancelled and invite.end > now_utc())
 
 
@@ -164,7 +152,7 @@ def live(invite_id: int):
     Most polls never reach this view: ``live_poll.UnchangedPoll`` answers the
     unchanged ones before Flask. This is the full path for everything else.
     """
-    rows = _plain(db.session.connection().execute(_INVITE_WITH_RECIPIENTS, {"invite_id": invite_id}))
+    rows = _INVITE_WITH_RECIPIENTS.all(db.session.connection(), invite_id=invite_id)
     if not rows:
         abort(404)
     invite = LiveInvite(*rows[0][:len(_INVITE_COLUMNS)])
