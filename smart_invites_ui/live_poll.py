@@ -28,6 +28,7 @@ from werkzeug.http import parse_cookie
 
 from .auth import parse_user_ref
 from .models import Invite, User
+from .plain_sql import PlainSelect
 from .security import security_headers
 
 POLL_CONNECTIONS = 2  # per web worker, and as many more at busy moments (on a database server)
@@ -35,7 +36,7 @@ LIVE_PATH = re.compile(r"/invites/([0-9]{1,18})/live\Z")
 
 # Is the session's user still signed in (same session version, still active), and
 # which version is the invite at?
-_POLL_CHECK = (select(Invite.version, User.session_version, User.active).select_from(Invite)
+_POLL_CHECK = PlainSelect(select(Invite.version, User.session_version, User.active).select_from(Invite)
                .join(User, User.id == bindparam("user_id")).where(Invite.id == bindparam("invite_id")))
 
 
@@ -61,9 +62,6 @@ class UnchangedPoll:
         self.app_engine = engine
         self._engine: Engine | None = None
         self.wsgi_app = wsgi_app
-        # The check as plain SQL on a pooled DBAPI connection: SQLAlchemy's execution
-        # layer costs as much as the query itself here.
-        self._compiled = _POLL_CHECK.compile(dialect=engine.dialect)  # the poll's engine has the same dialect
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") == "GET":
@@ -96,22 +94,17 @@ class UnchangedPoll:
         return bool(active) and session_version == ref[1] and version == shown
 
     def _check(self, invite_id: int, user_id: int) -> tuple | None:
-        params = self._compiled.construct_params({"invite_id": invite_id, "user_id": user_id})
-        if self._compiled.positiontup:
-            params = [params[name] for name in self._compiled.positiontup]
+        # A PlainSelect on a pooled DBAPI connection: SQLAlchemy's execution layer costs
+        # as much as the query itself here.
         connection = self.engine.raw_connection()
         try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(self._compiled.string, params)
-                return cursor.fetchone()
-            finally:
-                cursor.close()
+            rows = _POLL_CHECK.on_dbapi(connection, self.engine.dialect, invite_id=invite_id, user_id=user_id)
         except BaseException:
             connection.invalidate()  # a connection that failed is not given out again
             raise
         finally:
             connection.close()  # back to the pool
+        return rows[0] if rows else None
 
     @property
     def engine(self) -> Engine:

@@ -35,14 +35,19 @@ class PlainSelect:
         return known
 
     def all(self, connection: Connection, **values) -> list:
-        compiled, bind_processors, processors, row_type = self._for(connection.dialect)
+        """The rows, on ``connection`` (in its transaction)."""
+        return self.on_dbapi(connection.connection.dbapi_connection, connection.dialect, **values)
+
+    def on_dbapi(self, dbapi_connection, dialect, **values) -> list:
+        """The rows, on a DBAPI connection of ``dialect``."""
+        compiled, bind_processors, processors, row_type = self._for(dialect)
         params = compiled.construct_params(values)
         for name, process in bind_processors.items():
             if name in params:
                 params[name] = process(params[name])
         if compiled.positiontup:
             params = [params[name] for name in compiled.positiontup]
-        cursor = connection.connection.dbapi_connection.cursor()
+        cursor = dbapi_connection.cursor()
         try:
             cursor.execute(compiled.string, params)
             rows = cursor.fetchall()
