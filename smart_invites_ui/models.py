@@ -368,7 +368,8 @@ class OutboxMessage(db.Model):
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=now_utc)
 
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    # The claim reads due rows in this order (longest due first, then by id).
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at", "id"),)
 
 
 class InboundOutcome(str, enum.Enum):

@@ -98,6 +98,21 @@ def test_concurrent_claimers_never_share_a_row(app):
         assert {owners[i] for i in taken} <= {name}
 
 
+def test_claim_takes_rows_of_dead_workers_first_then_the_longest_due(app):
+    ids = _queue_emails(5)
+    db.session.execute(update(OutboxMessage).where(OutboxMessage.id == ids[3])  # a dead worker's
+                       .values(state=OutboxState.SENDING, claimed_by="dead:1", attempts=1,
+                               lease_until=now_utc() - timedelta(seconds=1)))
+    db.session.execute(update(OutboxMessage).where(OutboxMessage.id == ids[4])  # a retry due for an hour
+                       .values(next_attempt_at=now_utc() - timedelta(hours=1)))
+    db.session.execute(update(OutboxMessage).where(OutboxMessage.id == ids[0])  # a retry not due yet
+                       .values(next_attempt_at=now_utc() + timedelta(minutes=1)))
+    db.session.commit()
+
+    assert outbox.claim(3, "w1", 300) == [ids[1], ids[3], ids[4]]  # a batch goes out in id order
+    assert outbox.claim(3, "w2", 300) == [ids[2]]
+
+
 def test_row_of_a_dead_worker_is_claimed_again_after_its_lease(app):
     ids = _queue_emails(2)
     assert outbox.claim(10, "dead", 300) == ids

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app, has_app_context
-from sqlalchemy import Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, case, false, insert, select, true, update
 
 from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
@@ -135,25 +135,39 @@ class Claim(list):
 
 
 def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
-    """Take up to ``batch_size`` due rows for this worker; returns their ids (a :class:`Claim`)."""
+    """Take up to ``batch_size`` due rows for this worker; returns their ids (a :class:`Claim`).
+
+    Rows whose worker's lease ran out come first, then the queued rows longest due.
+    """
     now = now_utc()
-    due = or_(
-        and_(OutboxMessage.state == OutboxState.QUEUED, OutboxMessage.next_attempt_at <= now),
-        and_(OutboxMessage.state == OutboxState.SENDING, OutboxMessage.lease_until < now),
-    )
+    lapsed = and_(OutboxMessage.state == OutboxState.SENDING, OutboxMessage.lease_until < now)
+    queued = and_(OutboxMessage.state == OutboxState.QUEUED, OutboxMessage.next_attempt_at <= now)
+    # One query per kind, each reading ix_outbox_due in its order and stopping at the batch
+    # size: one query for both (an OR) read and sorted every due row for each batch (10-20 ms
+    # with 30,000 queued by an import, and on PostgreSQL a walk through the sent history).
     candidates = db.session.scalars(
-        select(OutboxMessage.id).where(due).order_by(OutboxMessage.id).limit(batch_size)
+        select(OutboxMessage.id).where(lapsed).order_by(OutboxMessage.id).limit(batch_size)
         .with_for_update(skip_locked=True)
     ).all()
+    if len(candidates) < batch_size:
+        candidates += db.session.scalars(
+            select(OutboxMessage.id).where(queued)
+            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(batch_size - len(candidates))
+            .with_for_update(skip_locked=True)
+        ).all()
     if not candidates:
         db.session.rollback()
         return []
     # claimed_by holds 64 characters; container host names alone can reach 63. The tail
     # (pod suffix, pid) tells workers apart for people; the random part makes it unique.
     token = f"{worker_id[-51:]}:{uuid.uuid4().hex[:12]}"
+    # A row is taken only if still due: another worker may have taken it since it was read.
+    # Said with CASE, not OR, so that SQLite finds the rows by id; given the OR, it reads
+    # every due entry of ix_outbox_due instead.
+    still_due = case((lapsed, true()), (queued, true()), else_=false())
     db.session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(candidates), due)
+        .where(OutboxMessage.id.in_(candidates), still_due)
         .values(state=OutboxState.SENDING, claimed_by=token,
                 lease_until=now + timedelta(seconds=lease_seconds),
                 attempts=OutboxMessage.attempts + 1)
