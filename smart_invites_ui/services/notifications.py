@@ -140,13 +140,33 @@ _RECIPIENT_COLUMNS = tuple(_RECIPIENTS.c[name] for name in (
     "last_reply_sequence"))
 
 
+#: What applying a notification reads: its invite, and each recipient it names (one row per
+#: recipient named, or one without a recipient). A caller that finds the invite another way may
+#: select these too and pass the rows in (``Preloaded``), saving a query.
+APPLY_COLUMNS = (_INVITES.c.id.label("invite_id"), _INVITES.c.smart_invite_id, _INVITES.c.callback_url,
+                 _INVITES.c.single_recipient, _INVITES.c.api_client_id, *_RECIPIENT_COLUMNS)
+
+
+def recipients_named(named):
+    """The invites outer-joined with their recipients that match ``named``, for ``APPLY_COLUMNS``."""
+    return _INVITES.outerjoin(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id) & named)
+
+
 def _load_invite(named):
     """The invite by its smart_invite_id, with only the recipients the notification names
-    (an invite may have many): one row per named recipient, or one without a recipient."""
-    return (select(_INVITES.c.id.label("invite_id"), _INVITES.c.smart_invite_id, _INVITES.c.callback_url,
-                   _INVITES.c.single_recipient, _INVITES.c.api_client_id, *_RECIPIENT_COLUMNS)
-            .select_from(_INVITES.outerjoin(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id) & named))
-            .where(_INVITES.c.smart_invite_id == bindparam("reference")))
+    (an invite may have many)."""
+    return select(*APPLY_COLUMNS).select_from(recipients_named(named)).where(
+        _INVITES.c.smart_invite_id == bindparam("reference"))
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    """The ``APPLY_COLUMNS`` rows of the invite ``reference`` for the recipients ``emails``
+    (lower-cased), read by the caller in this transaction."""
+
+    reference: str
+    emails: tuple[str, ...]
+    rows: list
 
 
 # Nearly every notification names one recipient; an IN list of variable length costs a rewrite per call.
@@ -209,9 +229,13 @@ def record_notification(
     dedupe_key: str | None = None,
     dtstamp: datetime | None = None,
     sequence: int | None = None,
+    preloaded: Preloaded | None = None,
 ) -> ApplyResult:
     """What ``apply_notification`` does, in the caller's transaction, which the caller commits
     (the reply processor writes a message's outcome with the replies it carries).
+
+    ``preloaded``: the invite and recipients as the caller read them already; used when they are
+    the ones the payload names, else read here.
 
     A repeated delivery writes nothing and returns DUPLICATE (``notification_id`` None),
     also when the same delivery is being recorded at the same moment by another transaction.
@@ -225,7 +249,9 @@ def record_notification(
     session.flush()  # the caller's pending changes first: what follows is Core, on the session's connection
     connection = session.connection()  # (the ORM's execute layer cost as much as these statements)
     emails = list(dict.fromkeys(reply.email for reply in replies))
-    if len(emails) == 1:
+    if preloaded is not None and preloaded.reference == reference and preloaded.emails == tuple(emails):
+        rows = preloaded.rows
+    elif len(emails) == 1:
         rows = connection.execute(_LOAD_INVITE_NAMING_ONE, {"reference": reference, "email": emails[0]}).all()
     else:
         rows = connection.execute(_LOAD_INVITE_NAMING_ANY, {"reference": reference, "emails": emails}).all()

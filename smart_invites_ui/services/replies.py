@@ -28,9 +28,10 @@ from sqlalchemy import bindparam, insert, inspect, or_, select, update
 from ..api.schema import proposal_json
 from ..domain import Proposal, RecipientStatus
 from ..extensions import db
-from ..models import InboundMessage, InboundOutcome, Invite, NotificationOutcome, NotificationSource, now_utc
+from ..models import (InboundMessage, InboundOutcome, Invite, NotificationOutcome, NotificationSource, Recipient,
+                      now_utc)
 from .itip import ParsedMessage, ParsedReply, ParseError, build_reply_email, parse_message
-from .notifications import record_notification
+from .notifications import APPLY_COLUMNS, Preloaded, record_notification, recipients_named
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,12 @@ def _insert(raw: bytes, source: str, *, claim: bool) -> int:
 
 
 def _insert_values(raw: bytes, source: str, values: dict) -> int:
-    """One INSERT, not the ORM's unit of work: this runs for every message (not committed)."""
+    """One INSERT on the session's connection, not the ORM's unit of work: this runs for every
+    message (not committed)."""
     if source not in SOURCES:
         raise ValueError(f"unknown inbound source {source!r}")
     values.update(raw=raw, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source)
-    return db.session.execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
+    return db.session.connection().execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
 
 
 def _store_processed(raw: bytes, source: str, result: _Result) -> tuple[int, _Result]:
@@ -330,18 +332,20 @@ def _combine(results: list[_Result]) -> _Result:
 
 def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str) -> _Result:
     """Record one reply through the one path of ``apply_notification`` (not committed)."""
-    invite, note = _find_invite(reply.uid, parsed.tokens)
+    email = _text(reply.attendee_email).lower()
+    usable = bool(email) and len(email) <= _MAX_EMAIL
+    invite, note = _find_invite(reply.uid, parsed.tokens, email if usable else None)
     if invite is None:
         return _Result(InboundOutcome.UNMATCHED, note)
-    email = _text(reply.attendee_email).lower()
-    if not email or len(email) > _MAX_EMAIL:
+    if not usable:
         return _Result(InboundOutcome.IGNORED, "the reply names no usable attendee address", invite.id)
     answer = "proposed a new time" if reply.method == "COUNTER" else (
         reply.status.value if reply.status else f"PARTSTAT {reply.partstat or 'missing'}")
     payload = {"notification": {"type": "smart_invite"},
                "smart_invite": {"smart_invite_id": invite.smart_invite_id, "reply": _reply_json(reply, email)}}
     result = record_notification(payload, source=NotificationSource.EMAIL, dedupe_key=_dedupe_key(identity, reply),
-                                 dtstamp=reply.dtstamp, sequence=reply.sequence)
+                                 dtstamp=reply.dtstamp, sequence=reply.sequence,
+                                 preloaded=Preloaded(invite.smart_invite_id, (email,), invite.rows))
     if result.outcome == NotificationOutcome.APPLIED:
         text = f"{email} {answer}"
     elif result.outcome == NotificationOutcome.DUPLICATE:
@@ -379,12 +383,15 @@ def _dedupe_key(identity: str, reply: ParsedReply) -> str:
 
 # Built once: building a statement costs more than SQLite takes to run it. A reply is nearly
 # always sent to one address token, and an IN list of variable length costs a rewrite per call.
-_INVITES = Invite.__table__
+# The query also reads what applying the reply reads (``APPLY_COLUMNS``, with the recipient who
+# replied), so ``record_notification`` need not read the invite again.
+_INVITES, _RECIPIENTS = Invite.__table__, Recipient.__table__
 
 
 def _find_invites(token_condition):
-    return select(_INVITES.c.id, _INVITES.c.smart_invite_id, _INVITES.c.uid, _INVITES.c.reply_token).where(
-        _INVITES.c.uid.in_([bindparam("uid"), bindparam("uid_lower")]) | token_condition)
+    return (select(_INVITES.c.uid, _INVITES.c.reply_token, *APPLY_COLUMNS)
+            .select_from(recipients_named(_RECIPIENTS.c.email == bindparam("email")))
+            .where(_INVITES.c.uid.in_([bindparam("uid"), bindparam("uid_lower")]) | token_condition))
 
 
 _FIND_BY_UID_OR_TOKEN = _find_invites(_INVITES.c.reply_token == bindparam("token"))
@@ -395,10 +402,12 @@ _FIND_BY_UID_OR_TOKENS = _find_invites(_INVITES.c.reply_token.in_(bindparam("tok
 class _Match:
     id: int
     smart_invite_id: str
+    rows: tuple = field(compare=False)  # its APPLY_COLUMNS rows, for the recipient who replied
 
 
-def _find_invite(uid: str, tokens: tuple[str, ...]) -> tuple[_Match | None, str]:
-    """The invite a reply is about, by its UID and the token of the address it was sent to.
+def _find_invite(uid: str, tokens: tuple[str, ...], email: str | None) -> tuple[_Match | None, str]:
+    """The invite a reply is about, by its UID and the token of the address it was sent to,
+    with the recipient ``email`` if it has one.
 
     Either one finds it; when both are there they must agree. Returns (invite, a note).
     """
@@ -406,13 +415,19 @@ def _find_invite(uid: str, tokens: tuple[str, ...]) -> tuple[_Match | None, str]
     wanted = {token.lower() for token in tokens[:_MAX_TOKENS] if 0 < len(token) <= 64 and _storable(token)}
     found = []
     if uids or wanted:
-        uid_values = {"uid": uid if uids else None, "uid_lower": uid.lower() if uids else None}  # NULL matches nothing
+        values = {"uid": uid if uids else None, "uid_lower": uid.lower() if uids else None,  # NULL matches nothing
+                  "email": email}
+        connection = db.session.connection()  # Core rows: the ORM's execute layer costs more than the query
         if len(wanted) <= 1:
-            found = db.session.execute(_FIND_BY_UID_OR_TOKEN, {**uid_values, "token": next(iter(wanted), None)}).all()
+            found = connection.execute(_FIND_BY_UID_OR_TOKEN, {**values, "token": next(iter(wanted), None)}).all()
         else:
-            found = db.session.execute(_FIND_BY_UID_OR_TOKENS, {**uid_values, "tokens": list(wanted)}).all()
-    by_uid = next((_Match(row.id, row.smart_invite_id) for row in found if row.uid in uids), None)
-    by_token = [_Match(row.id, row.smart_invite_id) for row in found if row.reply_token in wanted]
+            found = connection.execute(_FIND_BY_UID_OR_TOKENS, {**values, "tokens": list(wanted)}).all()
+
+    def match(row) -> _Match:
+        return _Match(row.invite_id, row.smart_invite_id, tuple(r for r in found if r.invite_id == row.invite_id))
+
+    by_uid = next((match(row) for row in found if row.uid in uids), None)
+    by_token = [match(row) for row in found if row.reply_token in wanted]
     shown_uid = _text(uid)[:120] or "(none)"
     if by_uid is not None:
         if by_token and by_uid not in by_token:
