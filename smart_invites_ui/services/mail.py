@@ -1,6 +1,7 @@
 """The one place an invite email is built (SPEC §6), and the SMTP transport."""
 from __future__ import annotations
 
+import functools
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -30,6 +31,16 @@ class _HeaderRegistry(HeaderRegistry):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._classes: dict[type, type] = {}
+        self._parsed = functools.lru_cache(maxsize=256)(super().__call__)
+
+    def __call__(self, name, value):
+        # Every invite email sets the same few dozen MIME header fields (Content-Type:
+        # text/plain; charset="utf-8", MIME-Version: 1.0, ...), each parsed anew by the
+        # email package. A header object is immutable (a str with its parse tree, which
+        # folding only reads), so one parsed from the same name and text is used again.
+        if type(value) is str:
+            return self._parsed(name, value)
+        return super().__call__(name, value)
 
     def __getitem__(self, name):
         specialised = self.registry.get(name.lower(), self.default_class)
