@@ -23,6 +23,7 @@ from ..domain import Proposal, RecipientStatus, utc
 from ..extensions import db
 from ..models import (Invite, Notification, NotificationOutcome, NotificationSource, Recipient, Reply,
                       now_utc)
+from ..plain_sql import PlainSelect
 from . import outbox
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class Preloaded:
 
 
 # Nearly every notification names one recipient; an IN list of variable length costs a rewrite per call.
-_LOAD_INVITE_NAMING_ONE = _load_invite(_RECIPIENTS.c.email == bindparam("email"))
+_LOAD_INVITE_NAMING_ONE = PlainSelect(_load_invite(_RECIPIENTS.c.email == bindparam("email")))
 _LOAD_INVITE_NAMING_ANY = _load_invite(_RECIPIENTS.c.email.in_(bindparam("emails", expanding=True)))
 _ALL_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_RECIPIENTS.c.invite_id == bindparam("invite_id")).order_by(
     _RECIPIENTS.c.id)
@@ -252,7 +253,7 @@ def record_notification(
     if preloaded is not None and preloaded.reference == reference and preloaded.emails == tuple(emails):
         rows = preloaded.rows
     elif len(emails) == 1:
-        rows = connection.execute(_LOAD_INVITE_NAMING_ONE, {"reference": reference, "email": emails[0]}).all()
+        rows = _LOAD_INVITE_NAMING_ONE.all(connection, reference=reference, email=emails[0])
     else:
         rows = connection.execute(_LOAD_INVITE_NAMING_ANY, {"reference": reference, "emails": emails}).all()
     invite = (_Invite(rows[0].invite_id, rows[0].smart_invite_id, rows[0].callback_url, rows[0].single_recipient,

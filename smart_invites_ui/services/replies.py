@@ -30,6 +30,7 @@ from ..domain import Proposal, RecipientStatus
 from ..extensions import db
 from ..models import (InboundMessage, InboundOutcome, Invite, NotificationOutcome, NotificationSource, Recipient,
                       now_utc)
+from ..plain_sql import PlainSelect
 from .itip import ParsedMessage, ParsedReply, ParseError, build_reply_email, parse_message
 from .notifications import APPLY_COLUMNS, Preloaded, record_notification, recipients_named
 
@@ -394,7 +395,7 @@ def _find_invites(token_condition):
             .where(_INVITES.c.uid.in_([bindparam("uid"), bindparam("uid_lower")]) | token_condition))
 
 
-_FIND_BY_UID_OR_TOKEN = _find_invites(_INVITES.c.reply_token == bindparam("token"))
+_FIND_BY_UID_OR_TOKEN = PlainSelect(_find_invites(_INVITES.c.reply_token == bindparam("token")))
 _FIND_BY_UID_OR_TOKENS = _find_invites(_INVITES.c.reply_token.in_(bindparam("tokens", expanding=True)))
 
 
@@ -417,9 +418,9 @@ def _find_invite(uid: str, tokens: tuple[str, ...], email: str | None) -> tuple[
     if uids or wanted:
         values = {"uid": uid if uids else None, "uid_lower": uid.lower() if uids else None,  # NULL matches nothing
                   "email": email}
-        connection = db.session.connection()  # Core rows: the ORM's execute layer costs more than the query
+        connection = db.session.connection()  # the ORM's execute layer costs more than the query
         if len(wanted) <= 1:
-            found = connection.execute(_FIND_BY_UID_OR_TOKEN, {**values, "token": next(iter(wanted), None)}).all()
+            found = _FIND_BY_UID_OR_TOKEN.all(connection, **values, token=next(iter(wanted), None))
         else:
             found = connection.execute(_FIND_BY_UID_OR_TOKENS, {**values, "tokens": list(wanted)}).all()
 
