@@ -66,7 +66,23 @@ class Role(str, enum.Enum):
     STAFF = "staff"
 
 
-class User(UserMixin, db.Model):
+class SignedInMixin(UserMixin):
+    """What Flask-Login and the pages ask of a person: from ``id``, ``role``, ``active`` and
+    ``session_version`` (the ``User`` row, or ``auth.SignedInUser`` read for a request)."""
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return self.active
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_version}"
+
+
+class User(SignedInMixin, db.Model):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -86,16 +102,6 @@ class User(UserMixin, db.Model):
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
 
-    @property
-    def is_active(self) -> bool:  # Flask-Login refuses inactive users
-        return self.active
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == Role.ADMIN
-
-    def get_id(self) -> str:
-        return f"{self.id}:{self.session_version}"
 
 
 class ApiClient(db.Model):
