@@ -42,8 +42,6 @@ def nav_links() -> list[tuple[str, str]]:
             if endpoint in current_app.view_functions and (current_user.is_admin or not admin_only)]
 
 
-# Small pieces of markup that pages repeat in loops (a row's actions, a status), made in
-# Python: as Jinja macros their calls were a third of the live fragment's rendering.
 def path_for(endpoint: str, **values) -> str:
     """``url_for(endpoint, **values)`` for a page's own links, built by the route's rule
     directly: a list of rows links each row, and Flask's url_for (which looks the rule
@@ -73,6 +71,8 @@ def _single_rules() -> dict:
     return rules
 
 
+# Small pieces of markup that pages repeat in loops (a row's actions, a status), made in
+# Python: as Jinja macros their calls were a third of the live fragment's rendering.
 def button_form(action: str, label: str, confirm: str | None = None, cls: str = "",
                 extra: dict[str, str] | None = None) -> Markup:
     """A one-button POST form with the CSRF token (``extra``: more hidden fields);

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from smart_invites_ui.domain import RecipientStatus
-from smart_invites_ui.views import button_form, status_badge
+from smart_invites_ui.views import button_form, path_for, status_badge
 from tests.conftest import csrf_from, make_app
 
 pytestmark = pytest.mark.usefixtures("fast_passwords")
@@ -90,3 +90,16 @@ def test_action_buttons_escape_everything_they_are_given(staff, app):
     assert '<input type="hidden" name="role&#34;" value="&#34;admin&#34;&lt;">' in html
     assert re.search(r'name="csrf_token" value="[^"]+"', html)
     assert badge == '<span class="badge badge-accepted">Accepted</span>'
+
+
+def test_path_for_builds_what_url_for_builds(app):
+    from flask import url_for
+
+    cases = [("invites.show", {"invite_id": 7}), ("invites.live", {"invite_id": 7, "v": 3}),
+             ("invites.resend", {"invite_id": 7, "recipient_id": 9}),
+             ("invites.index", {"q": "Dr Ann & co", "status": None}), ("invites.index", {}),
+             ("imports.export_invites", {"q": None, "status": "past"}), ("static", {"filename": "app.css"})]
+    with app.test_request_context("/invites", base_url="http://localhost/clinic"):  # mounted under a prefix
+        for endpoint, values in cases:
+            assert path_for(endpoint, **values) == url_for(endpoint, **values), endpoint
+        assert path_for("invites.show", invite_id=7).startswith("/clinic/invites/")
