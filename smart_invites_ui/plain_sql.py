@@ -1,32 +1,58 @@
-"""Hot read queries, run on the DBAPI cursor with SQLAlchemy's own compilation and types.
+"""Hot statements, run on the DBAPI cursor with SQLAlchemy's own compilation and types.
 
 The pages polled and opened most (the live fragment, the invites list, the signed-in
-user of every page) run a few small SELECTs each. SQLAlchemy's execution layer (its
-execution context and result objects) cost about three times the query itself there,
-measured: ~35 us against ~10 us for a raw cursor. A :class:`PlainSelect` is compiled
-once per dialect by SQLAlchemy, binds its parameters and converts its columns with
-the statements' own SQLAlchemy types (enums, UTC datetimes), and returns named tuples.
-It runs on the connection the session already holds, inside its transaction.
+user of every page) run a few small SELECTs each, and every status change (a webhook,
+a reply email) a few small INSERTs and UPDATEs. SQLAlchemy's execution layer (its
+execution context and result objects) cost about three times the statement itself
+there, measured: ~35 us against ~10 us for a raw cursor. A :class:`PlainSelect` or a
+:class:`PlainWrite` is compiled once per dialect by SQLAlchemy, binds its parameters
+and converts its columns with the statement's own SQLAlchemy types (enums, UTC
+datetimes); a select returns named tuples. Each runs on the connection the session
+already holds, inside its transaction.
+
+What SQLAlchemy's execution would add is refused when the statement is compiled, not
+silently skipped: expanding parameters (``IN`` lists), and column defaults and
+``onupdate`` values computed in Python (a write names every column it sets).
 """
 from __future__ import annotations
 
 from collections import namedtuple
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Insert, Select, Update
+
+
+def _compile(statement, dialect):
+    compiled = statement.compile(dialect=dialect)
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        raise ValueError(f"{type(statement).__name__}: plain statements run without expanding parameters")
+    missing = [column.name for column in (*compiled.insert_prefetch, *compiled.update_prefetch)]
+    if missing:
+        raise ValueError(f"plain writes apply no column defaults: give {', '.join(missing)} a value")
+    return compiled
+
+
+def _bind(compiled, bind_processors, values: dict):
+    params = compiled.construct_params(values)
+    for name, process in bind_processors.items():
+        if name in params:
+            params[name] = process(params[name])
+    if compiled.positiontup:
+        return [params[name] for name in compiled.positiontup]
+    return params
 
 
 class PlainSelect:
-    def __init__(self, statement: Select):
+    """A SELECT (or a write with ``RETURNING``) whose rows are read."""
+
+    def __init__(self, statement: Select | Insert | Update):
         self.statement = statement
         self._compiled: dict[str, tuple] = {}  # dialect name -> (compiled, bind processors, processors, row type)
 
     def _for(self, dialect) -> tuple:
         known = self._compiled.get(dialect.name)
         if known is None:
-            compiled = self.statement.compile(dialect=dialect)
-            if compiled.literal_execute_params or compiled.post_compile_params:
-                raise ValueError("PlainSelect runs statements without expanding parameters")
+            compiled = _compile(self.statement, dialect)
             columns = compiled._result_columns
             processors = [column.type._cached_result_processor(dialect, None) for column in columns]
             row_type = namedtuple("PlainRow", [column.keyname for column in columns], rename=True)
@@ -41,15 +67,9 @@ class PlainSelect:
     def on_dbapi(self, dbapi_connection, dialect, **values) -> list:
         """The rows, on a DBAPI connection of ``dialect``."""
         compiled, bind_processors, processors, row_type = self._for(dialect)
-        params = compiled.construct_params(values)
-        for name, process in bind_processors.items():
-            if name in params:
-                params[name] = process(params[name])
-        if compiled.positiontup:
-            params = [params[name] for name in compiled.positiontup]
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(compiled.string, params)
+            cursor.execute(compiled.string, _bind(compiled, bind_processors, values))
             rows = cursor.fetchall()
         finally:
             cursor.close()
@@ -66,3 +86,41 @@ class PlainSelect:
     def scalar(self, connection: Connection, **values):
         row = self.first(connection, **values)
         return None if row is None else row[0]
+
+
+class PlainWrite:
+    """An INSERT or UPDATE run for its effect: ``execute`` one row of values, ``execute_many``
+    several. An INSERT is compiled inline (the new row's id is not fetched); to read it,
+    use a :class:`PlainSelect` of the statement with ``RETURNING``."""
+
+    def __init__(self, statement: Insert | Update):
+        self.statement = statement.inline() if isinstance(statement, Insert) else statement
+        self._compiled: dict[str, tuple] = {}  # dialect name -> (compiled, bind processors)
+
+    def _for(self, dialect) -> tuple:
+        known = self._compiled.get(dialect.name)
+        if known is None:
+            compiled = _compile(self.statement, dialect)
+            if compiled._result_columns:
+                raise ValueError("PlainWrite returns no rows: run a statement with RETURNING as a PlainSelect")
+            known = self._compiled[dialect.name] = (compiled, compiled._bind_processors)
+        return known
+
+    def execute(self, connection: Connection, **values) -> int:
+        """Run once on ``connection`` (in its transaction); the number of rows written."""
+        compiled, bind_processors = self._for(connection.dialect)
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(compiled.string, _bind(compiled, bind_processors, values))
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
+    def execute_many(self, connection: Connection, rows: list[dict]) -> None:
+        """Run once per dict of values in ``rows``."""
+        compiled, bind_processors = self._for(connection.dialect)
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(compiled.string, [_bind(compiled, bind_processors, row) for row in rows])
+        finally:
+            cursor.close()

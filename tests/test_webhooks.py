@@ -338,3 +338,32 @@ def test_a_nul_character_in_a_comment_is_dropped_not_a_server_error(app, client,
     ann = _fresh(invite).recipient(ANN)
     assert (ann.status, ann.comment) == (RecipientStatus.DECLINED, "Sick today")
     assert _history(invite)[0].comment == "Sick today"
+
+
+def test_a_notification_that_fails_half_way_writes_nothing_and_can_be_sent_again(app, invite, monkeypatch):
+    """Its own transaction: the history row and the status written before the failure go too,
+    so the sender's retry is applied, not taken for a duplicate."""
+    from smart_invites_ui.services import notifications
+
+    class Broken:
+        def execute(self, connection, **values):
+            raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(notifications, "_BUMP_VERSION", Broken())  # the last write
+    with pytest.raises(RuntimeError):
+        apply_notification(single("BOOK-1", ANN, "declined"), source=NotificationSource.WEBHOOK)
+    assert (_count(Notification), len(_history(invite))) == (0, 0)
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+
+    monkeypatch.undo()
+    again = apply_notification(single("BOOK-1", ANN, "declined"), source=NotificationSource.WEBHOOK)
+    assert again.outcome == NotificationOutcome.APPLIED
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.DECLINED
+
+
+def test_what_was_loaded_before_a_notification_shows_it_afterwards(app, invite):
+    ann = invite.recipient(ANN)
+    assert ann.status == RecipientStatus.PENDING
+    apply_notification(single("BOOK-1", ANN, "accepted"), source=NotificationSource.WEBHOOK)
+    assert ann.status == RecipientStatus.ACCEPTED
+    assert invite.version == 2

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
 
 from ..api.schema import parse_event_time, proposal_json
 from ..domain import Proposal, RecipientStatus, utc
 from ..extensions import db
 from ..models import (Invite, Notification, NotificationOutcome, NotificationSource, Recipient, Reply,
                       now_utc)
-from ..plain_sql import PlainSelect
+from ..plain_sql import PlainSelect, PlainWrite
 from . import outbox
 
 log = logging.getLogger(__name__)
@@ -175,15 +176,21 @@ _LOAD_INVITE_NAMING_ONE = PlainSelect(_load_invite(_RECIPIENTS.c.email == bindpa
 _LOAD_INVITE_NAMING_ANY = _load_invite(_RECIPIENTS.c.email.in_(bindparam("emails", expanding=True)))
 _ALL_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_RECIPIENTS.c.invite_id == bindparam("invite_id")).order_by(
     _RECIPIENTS.c.id)
-_INSERT_REPLIES = insert(Reply.__table__)
-# The SET clause comes from the parameters' names.
-_UPDATE_RECIPIENT = update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("recipient_id"))
+_REPLY_COLUMNS = ("invite_id", "recipient_id", "notification_id", "email", "status", "comment", "proposal_start",
+                  "proposal_end", "proposal_tzid", "source", "dtstamp", "sequence", "applied", "note", "received_at")
+_INSERT_REPLIES = PlainWrite(insert(Reply.__table__).values({name: bindparam(name) for name in _REPLY_COLUMNS}))
+_UPDATE_RECIPIENT = PlainWrite(update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("recipient_id")).values({
+    name: bindparam(name) for name in ("status", "comment", "proposal_start", "proposal_end", "proposal_tzid",
+                                       "replied_at", "last_reply_dtstamp", "last_reply_sequence", "needs_attention")}))
 # In SQL, so two notifications applied at once both count.
-_BUMP_VERSION = update(_INVITES).where(_INVITES.c.id == bindparam("invite_id")).values(version=_INVITES.c.version + 1)
+_BUMP_VERSION = PlainWrite(update(_INVITES).where(_INVITES.c.id == bindparam("invite_id")).values(
+    version=_INVITES.c.version + 1, updated_at=bindparam("now")))
+_NOTIFICATION_COLUMNS = ("source", "dedupe_key", "body", "smart_invite_id", "invite_id", "outcome", "detail",
+                         "received_at")
 
 
 @functools.cache
-def _insert_notification(dialect: str):
+def _insert_notification(dialect: str) -> PlainSelect:
     """INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING id: no row means "already received"."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -192,7 +199,8 @@ def _insert_notification(dialect: str):
     else:
         raise RuntimeError(f"no INSERT ... ON CONFLICT for the {dialect} database")
     table = Notification.__table__
-    return dialect_insert(table).on_conflict_do_nothing(index_elements=[table.c.dedupe_key]).returning(table.c.id)
+    return PlainSelect(dialect_insert(table).values({name: bindparam(name) for name in _NOTIFICATION_COLUMNS})
+                       .on_conflict_do_nothing(index_elements=[table.c.dedupe_key]).returning(table.c.id))
 
 
 def _is_newer(recipient: _Recipient, dtstamp: datetime | None, sequence: int | None) -> bool:
@@ -208,17 +216,17 @@ def _same_as_current(recipient: _Recipient, reply: StatusReply) -> bool:
 
 
 def apply_notification(payload: dict, **options) -> ApplyResult:
-    """Record and apply one notification in one transaction (committed here):
-    :func:`record_notification` with the same arguments, then the commit."""
-    try:
-        result = record_notification(payload, **options)
-    except BaseException:
-        db.session.rollback()
-        raise
-    if result.notification_id is None:  # a duplicate: nothing was written
-        db.session.rollback()
-    else:
-        db.session.commit()
+    """Record and apply one notification in a transaction of its own, committed here (rolled
+    back if anything fails): :func:`record_notification` with the same arguments.
+
+    It runs on a connection of its own, not in the ORM session: a webhook has nothing else to
+    write, and the session's transaction bookkeeping cost three times the commit (45 us against
+    14 us). So the session's own pending changes are not part of it; what the session has loaded
+    is expired, as a commit of its own would have done."""
+    with db.engine.begin() as connection:
+        result = record_notification(payload, connection=connection, **options)
+    if db.session.registry.has():
+        db.session.expire_all()
     return result
 
 
@@ -231,9 +239,11 @@ def record_notification(
     dtstamp: datetime | None = None,
     sequence: int | None = None,
     preloaded: Preloaded | None = None,
+    connection: Connection | None = None,
 ) -> ApplyResult:
     """What ``apply_notification`` does, in the caller's transaction, which the caller commits
-    (the reply processor writes a message's outcome with the replies it carries).
+    (the reply processor writes a message's outcome with the replies it carries): on
+    ``connection``, else on the ORM session's (its pending changes flushed first).
 
     ``preloaded``: the invite and recipients as the caller read them already; used when they are
     the ones the payload names, else read here.
@@ -246,9 +256,9 @@ def record_notification(
     key = dedupe_key or f"{source.value}:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
     reference, replies, from_reply = parse_payload(payload)
     now = now_utc()
-    session = db.session
-    session.flush()  # the caller's pending changes first: what follows is Core, on the session's connection
-    connection = session.connection()  # (the ORM's execute layer cost as much as these statements)
+    if connection is None:
+        db.session.flush()  # the caller's pending changes first: what follows is Core, on the session's connection
+        connection = db.session.connection()  # (the ORM's execute layer cost as much as these statements)
     emails = list(dict.fromkeys(reply.email for reply in replies))
     if preloaded is not None and preloaded.reference == reference and preloaded.emails == tuple(emails):
         rows = preloaded.rows
@@ -269,29 +279,29 @@ def record_notification(
     else:
         history, applied = _apply_replies(recipients, replies, from_reply, source, dtstamp, sequence, now, result)
 
-    notification_id = connection.execute(_insert_notification(connection.dialect.name), {
-        "source": source, "dedupe_key": key, "body": body, "smart_invite_id": reference[:256],
-        "invite_id": invite.id if invite is not None and replies else None, "outcome": result.outcome,
-        "detail": result.detail, "received_at": now}).scalar()
+    notification_id = _insert_notification(connection.dialect.name).scalar(
+        connection, source=source, dedupe_key=key, body=body, smart_invite_id=reference[:256],
+        invite_id=invite.id if invite is not None and replies else None, outcome=result.outcome,
+        detail=result.detail, received_at=now)
     if notification_id is None:  # this delivery was recorded before (or just now, by another transaction)
         return ApplyResult(NotificationOutcome.DUPLICATE, None, None, "already received")
     result.notification_id = notification_id
     if invite is None or not replies:
         return result
     if history:
-        connection.execute(_INSERT_REPLIES, [dict(row, notification_id=notification_id) for row in history])
+        _INSERT_REPLIES.execute_many(connection, [dict(row, notification_id=notification_id) for row in history])
     for email in dict.fromkeys(reply.email for reply in applied):
         recipient = recipients[email]
         proposal = recipient.proposal
-        connection.execute(_UPDATE_RECIPIENT, {
-            "recipient_id": recipient.id, "status": recipient.status, "comment": recipient.comment,
-            "proposal_start": proposal.start if proposal else None, "proposal_end": proposal.end if proposal else None,
-            "proposal_tzid": proposal.tzid if proposal else None, "replied_at": now,
-            "last_reply_dtstamp": recipient.last_reply_dtstamp, "last_reply_sequence": recipient.last_reply_sequence,
-            "needs_attention": recipient.status == RecipientStatus.DECLINED or proposal is not None})
-    connection.execute(_BUMP_VERSION, {"invite_id": invite.id})  # the history changed even when no status did
+        _UPDATE_RECIPIENT.execute(
+            connection, recipient_id=recipient.id, status=recipient.status, comment=recipient.comment,
+            proposal_start=proposal.start if proposal else None, proposal_end=proposal.end if proposal else None,
+            proposal_tzid=proposal.tzid if proposal else None, replied_at=now,
+            last_reply_dtstamp=recipient.last_reply_dtstamp, last_reply_sequence=recipient.last_reply_sequence,
+            needs_attention=recipient.status == RecipientStatus.DECLINED or proposal is not None)
+    _BUMP_VERSION.execute(connection, invite_id=invite.id, now=now)  # the history changed even when no status did
     if applied and invite.callback_url:
-        _queue_callbacks(invite, recipients, applied)
+        _queue_callbacks(connection, invite, recipients, applied)
     return result
 
 
@@ -373,12 +383,13 @@ def callback_body(invite: _Invite, recipients: list[_Recipient], reply: StatusRe
                       separators=(",", ":")).encode("utf-8")
 
 
-def _queue_callbacks(invite: _Invite, named: dict[str, _Recipient], replies: list[StatusReply]) -> None:
+def _queue_callbacks(connection: Connection, invite: _Invite, named: dict[str, _Recipient],
+                     replies: list[StatusReply]) -> None:
     if invite.single_recipient:
         recipients = list(named.values())
     else:  # the callback lists everyone, as they are now (this transaction's changes included)
-        rows = db.session.connection().execute(_ALL_RECIPIENTS, {"invite_id": invite.id})
+        rows = connection.execute(_ALL_RECIPIENTS, {"invite_id": invite.id})
         recipients = [_recipient(row) for row in rows]
     for reply in replies:
-        outbox.queue_callback(invite.id, invite.callback_url, callback_body(invite, recipients, reply),
+        outbox.queue_callback(connection, invite.id, invite.callback_url, callback_body(invite, recipients, reply),
                               invite.api_client_id)

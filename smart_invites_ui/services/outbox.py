@@ -98,19 +98,11 @@ def supersede_queued_to_invited(invite_ids: list[int]) -> None:
     )
 
 
-def queue_callback(invite_id: int, url: str, body: bytes, api_client_id: int | None) -> OutboxMessage:
-    message = OutboxMessage(
-        kind=OutboxKind.CALLBACK,
-        state=OutboxState.QUEUED,
-        invite_id=invite_id,
-        target=url,
-        method="callback",
-        payload=body,
-        api_client_id=api_client_id,
-        next_attempt_at=now_utc(),
-    )
-    db.session.add(message)
-    return message
+def queue_callback(connection, invite_id: int, url: str, body: bytes, api_client_id: int | None) -> None:
+    """Queue a signed callback, in ``connection``'s transaction (a status change's: they commit together)."""
+    connection.execute(insert(OutboxMessage.__table__), {
+        "kind": OutboxKind.CALLBACK, "state": OutboxState.QUEUED, "invite_id": invite_id, "target": url,
+        "method": "callback", "payload": body, "api_client_id": api_client_id, "next_attempt_at": now_utc()})
 
 
 EMAIL_BACKOFF_BASE_SECONDS = 30.0
