@@ -77,9 +77,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     views.init_app(app)
 
     from .live_poll import UnchangedPoll
+    from .plain_sql import init_reads
 
+    init_reads(app, engine)
     # Outermost the proxy headers, so the poll's fast path sees the client's address.
-    app.wsgi_app = ProxyFix(UnchangedPoll(app, engine, app.wsgi_app), x_for=1, x_proto=1, x_host=1, x_port=1)
+    app.wsgi_app = ProxyFix(UnchangedPoll(app, app.wsgi_app), x_for=1, x_proto=1, x_host=1, x_port=1)
     return app
 
 

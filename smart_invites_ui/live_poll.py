@@ -22,16 +22,15 @@ from hashlib import sha512
 from urllib.parse import parse_qsl
 
 from flask import Flask
-from sqlalchemy import bindparam, create_engine, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from werkzeug.http import parse_cookie
 
 from .auth import parse_user_ref
 from .models import Invite, User
-from .plain_sql import PlainSelect
+from .plain_sql import PlainSelect, read_engine
 from .security import security_headers
 
-POLL_CONNECTIONS = 2  # per web worker, and as many more at busy moments (on a database server)
 LIVE_PATH = re.compile(r"/invites/([0-9]{1,18})/live\Z")
 
 # Is the session's user still signed in (same session version, still active), and
@@ -57,10 +56,8 @@ def session_identifier(environ: dict) -> str:
 class UnchangedPoll:
     """WSGI middleware: 204 for a signed-in user's poll of an invite that has not changed."""
 
-    def __init__(self, app: Flask, engine: Engine, wsgi_app):
+    def __init__(self, app: Flask, wsgi_app):
         self.app = app
-        self.app_engine = engine
-        self._engine: Engine | None = None
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ, start_response):
@@ -86,8 +83,8 @@ class UnchangedPoll:
             return False  # the full path decides (strong: signs out; basic: marks not fresh)
         try:
             row = self._check(invite_id, ref[0])
-        except self.app_engine.dialect.loaded_dbapi.Error:
-            return False  # e.g. the database restarted: the full path answers, on its pre-pinged pool
+        except self.engine.dialect.loaded_dbapi.Error:
+            return False  # e.g. the database restarted: the full path answers (its reads try a new connection)
         if row is None:
             return False
         version, session_version, active = row
@@ -95,7 +92,8 @@ class UnchangedPoll:
 
     def _check(self, invite_id: int, user_id: int) -> tuple | None:
         # A PlainSelect on a pooled DBAPI connection: SQLAlchemy's execution layer costs
-        # as much as the query itself here.
+        # as much as the query itself here. Not PlainSelect.read: a dead connection is not
+        # tried again, the full path answers instead.
         connection = self.engine.raw_connection()
         try:
             rows = _POLL_CHECK.on_dbapi(connection, self.engine.dialect, invite_id=invite_id, user_id=user_id)
@@ -108,20 +106,10 @@ class UnchangedPoll:
 
     @property
     def engine(self) -> Engine:
-        """What the check runs on. SQLite: the app's engine (a file, no pre-ping). A
-        database server: a small engine of the poll's own, in autocommit and without
-        pre-ping. The app's pool pings the server before the query and rolls back after
-        it, two more round trips on every poll; a dead connection here only sends the
-        poll down the full path, and is thrown away."""
-        if self._engine is None:
-            if self.app_engine.dialect.name == "sqlite":
-                self._engine = self.app_engine
-            else:
-                options = dict(self.app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
-                options.update(pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_size=POLL_CONNECTIONS,
-                               max_overflow=POLL_CONNECTIONS)
-                self._engine = create_engine(self.app_engine.url, **options)
-        return self._engine
+        """The read pool (``plain_sql.read_engine``): on a database server in autocommit and
+        without pre-ping; a dead connection here only sends the poll down the full path,
+        and is thrown away."""
+        return read_engine(self.app)
 
     def _session(self, environ: dict) -> dict | None:
         value = parse_cookie(environ).get(self.app.config["SESSION_COOKIE_NAME"])

@@ -8,7 +8,8 @@ there, measured: ~35 us against ~10 us for a raw cursor. A :class:`PlainSelect` 
 :class:`PlainWrite` is compiled once per dialect by SQLAlchemy, binds its parameters
 and converts its columns with the statement's own SQLAlchemy types (enums, UTC
 datetimes); a select returns named tuples. Each runs on the connection the session
-already holds, inside its transaction.
+already holds, inside its transaction, or (``PlainSelect.read``, for views that only
+read) on the read pool, outside any transaction.
 
 What SQLAlchemy's execution would add is refused when the statement is compiled, not
 silently skipped: expanding parameters (``IN`` lists), and column defaults and
@@ -16,10 +17,57 @@ silently skipped: expanding parameters (``IN`` lists), and column defaults and
 """
 from __future__ import annotations
 
+import threading
 from collections import namedtuple
 
-from sqlalchemy.engine import Connection
+from flask import Flask, current_app
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Insert, Select, Update
+
+READ_POOL_SIZE = 4  # connections per web process (its threads), and as many more at busy moments
+_READS = "plain_sql.reads"
+
+
+def init_reads(app: Flask, app_engine: Engine) -> None:
+    app.extensions[_READS] = _ReadEngine(app_engine, app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+
+
+def read_engine(app: Flask | None = None) -> Engine:
+    """What reads outside the ORM session run on (``PlainSelect.read``, the live poll's check).
+
+    SQLite: the app's engine; a read there takes no transaction anyway (pysqlite begins
+    one only before a write). A database server: an engine of its own, in autocommit and
+    without pre-ping, so that a read is one round trip. In the ORM session a page that
+    only reads paid three more on PostgreSQL (the pre-ping, BEGIN, and ROLLBACK when the
+    request ended), and psycopg drops its prepared statements at every rollback, so the
+    server parsed and planned every query again. A dead connection is replaced and the
+    read tried once more (``PlainSelect.read``)."""
+    return (app or current_app).extensions[_READS].engine
+
+
+class _ReadEngine:
+    def __init__(self, app_engine: Engine, options: dict):
+        self.app_engine, self.options = app_engine, dict(options)
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:  # made at first use: in the web process's workers, after the fork
+                    if self.app_engine.dialect.name == "sqlite":
+                        self._engine = self.app_engine
+                    else:
+                        options = dict(self.options, pool_pre_ping=False, isolation_level="AUTOCOMMIT",
+                                       pool_size=READ_POOL_SIZE, max_overflow=READ_POOL_SIZE)
+                        self._engine = create_engine(self.app_engine.url, **options)
+        return self._engine
+
+    def dispose(self) -> None:
+        if self._engine is not None and self._engine is not self.app_engine:
+            self._engine.dispose()
 
 
 def _compile(statement, dialect):
@@ -85,6 +133,34 @@ class PlainSelect:
 
     def scalar(self, connection: Connection, **values):
         row = self.first(connection, **values)
+        return None if row is None else row[0]
+
+    def read(self, **values) -> list:
+        """The rows, read on the read pool (``read_engine``) outside any transaction: what is
+        committed when the query runs, as every read on SQLite sees. For what views that only
+        read show; a view that has written reads its own changes with ``all`` on the session's
+        connection."""
+        engine = read_engine()
+        for attempt in (1, 2):
+            connection = engine.raw_connection()
+            try:
+                return self.on_dbapi(connection.dbapi_connection, engine.dialect, **values)
+            except engine.dialect.loaded_dbapi.Error as exc:
+                if not engine.dialect.is_disconnect(exc, connection.dbapi_connection, None):
+                    raise
+                connection.invalidate(exc)  # e.g. the server restarted: a new connection, once
+                if attempt == 2:
+                    raise
+            finally:
+                connection.close()  # back to the pool
+        raise AssertionError("unreachable")
+
+    def read_first(self, **values):
+        rows = self.read(**values)
+        return rows[0] if rows else None
+
+    def read_scalar(self, **values):
+        row = self.read_first(**values)
         return None if row is None else row[0]
 
 

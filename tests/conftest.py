@@ -104,6 +104,9 @@ def app(database_url, _schema):
     with app.app_context():
         yield app
         db.session.remove()
+    from smart_invites_ui.plain_sql import _READS
+
+    app.extensions[_READS].dispose()  # its own pool on a database server
 
 
 @pytest.fixture

@@ -272,3 +272,41 @@ def test_an_unchanged_poll_survives_the_database_dropping_its_connections(staff,
     db.session.commit()
     for _ in range(3):
         assert poll(staff.client, invite, version).status_code == 204
+
+
+def test_pages_that_only_read_survive_the_database_dropping_their_connections(staff, app):
+    """Pages that only read (the list, the live fragment, the signed-in user) read on a pool
+    of their own, in autocommit and without pre-ping: a dropped connection is replaced and
+    the read tried again, so the page still answers."""
+    from sqlalchemy import text
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    invite = make_invite()
+    assert staff.client.get("/invites").status_code == 200  # the read pool now holds a connection
+    db.session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    db.session.commit()
+    page = staff.client.get("/invites")
+    assert page.status_code == 200 and invite.smart_invite_id in page.get_data(as_text=True)
+    assert poll(staff.client, invite, 0).status_code == 200
+
+
+def test_reads_keep_their_prepared_statements_on_a_database_server(staff, app):
+    """psycopg drops its prepared statements at every rollback, and a page that only read
+    in the ORM session ended with one: the server parsed and planned its queries every time."""
+    from smart_invites_ui.plain_sql import read_engine
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("prepared statements: PostgreSQL")
+    invite = make_invite()
+    for _ in range(8):  # psycopg prepares a query the sixth time a connection runs it
+        assert poll(staff.client, invite, 0).status_code == 200
+    connection = read_engine(app).raw_connection()
+    try:
+        cursor = connection.dbapi_connection.cursor()
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = " ".join(row[0] for row in cursor.fetchall())
+    finally:
+        connection.close()
+    assert "FROM replies" in prepared and "FROM users" in prepared

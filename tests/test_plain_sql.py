@@ -112,3 +112,16 @@ def test_plain_writes_refuse_what_sqlalchemy_would_have_added(app):
     returning = PlainWrite(update(invites).values(updated_at=bindparam("now")).returning(invites.c.id))
     with pytest.raises(ValueError, match="RETURNING"):
         returning.execute(db.session.connection(), now=datetime.now(timezone.utc))
+
+
+def test_a_read_that_fails_says_why_and_leaves_the_pool_usable(app):
+    from sqlalchemy import column, table
+
+    from smart_invites_ui.plain_sql import read_engine
+
+    missing = PlainSelect(select(table("no_such_table", column("id"))))
+    with app.test_request_context():
+        with pytest.raises(read_engine().dialect.loaded_dbapi.Error, match="no_such_table"):
+            missing.read()
+        invite = make_invite(emails=("ann@example.org",))
+        assert [row.email for row in _INVITE_WITH_RECIPIENTS.read(invite_id=invite.id)] == ["ann@example.org"]

@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, select
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
-from ..extensions import db, limiter, login_manager
+from ..extensions import limiter, login_manager
 from ..models import Role, SignedInMixin, User
 from ..plain_sql import PlainSelect
 from ..services import users
@@ -59,8 +59,8 @@ def load_user(user_id: str) -> SignedInUser | None:
     ref = parse_user_ref(user_id)
     if ref is None:
         return None
-    # On the session's own connection: the view's queries then share its transaction.
-    row = _SIGNED_IN.first(db.session.connection(), user_id=ref[0])
+    # On the read pool: a page that only reads then never opens the ORM session.
+    row = _SIGNED_IN.read_first(user_id=ref[0])
     if row is None or row.session_version != ref[1] or not row.active:
         return None
     return SignedInUser(*row)

@@ -90,8 +90,7 @@ def new():
 
 # The live part of an invite's page (templates/invites/_live.html), which every page left
 # open asks for again whenever the invite changes: named tuples from statements built once
-# and run as PlainSelects on the session's connection (the ORM's per-statement work was
-# half the poll).
+# and run as PlainSelects on the read pool (the ORM's per-statement work was half the poll).
 class LiveInvite(NamedTuple):
     id: int
     version: int
@@ -127,15 +126,14 @@ _EMAILS = PlainSelect(select(_O.id, _O.target, _O.method, _O.sequence, _O.state,
 
 
 def _detail_context(invite, recipients=None) -> dict:
-    """What templates/invites/_live.html shows. ``invite``: an Invite or a LiveInvite;
-    its recipients are read unless given."""
+    """What templates/invites/_live.html shows, as committed (read on the read pool).
+    ``invite``: an Invite or a LiveInvite; its recipients are read unless given."""
     params = {"invite_id": invite.id}
-    connection = db.session.connection()
     if recipients is None:
-        recipients = _RECIPIENTS.all(connection, **params)
+        recipients = _RECIPIENTS.read(**params)
     cancelled = invite.status == InviteStatus.CANCELLED
-    return dict(invite=invite, recipients=recipients, replies=_REPLIES.all(connection, **params),
-                emails=_EMAILS.all(connection, **params), cancelled=cancelled,
+    return dict(invite=invite, recipients=recipients, replies=_REPLIES.read(**params),
+                emails=_EMAILS.read(**params), cancelled=cancelled,
                 live=not cancelled and invite.end > now_utc())
 
 
@@ -152,7 +150,7 @@ def live(invite_id: int):
     Most polls never reach this view: ``live_poll.UnchangedPoll`` answers the
     unchanged ones before Flask. This is the full path for everything else.
     """
-    rows = _INVITE_WITH_RECIPIENTS.all(db.session.connection(), invite_id=invite_id)
+    rows = _INVITE_WITH_RECIPIENTS.read(invite_id=invite_id)
     if not rows:
         abort(404)
     invite = LiveInvite(*rows[0][:len(_INVITE_COLUMNS)])

@@ -547,7 +547,8 @@ def _status_tab_queries(status: str) -> _ListQueries:
 
 
 def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 25) -> tuple[list[InviteRow], int]:
-    """Invites matching the search, upcoming first (soonest first), then past (latest first)."""
+    """Invites matching the search, upcoming first (soonest first), then past (latest first),
+    as committed (read on the read pool, ``PlainSelect.read``)."""
     q = (q or "").strip()
     if status not in dict(ListFilter.CHOICES):
         status = ListFilter.ALL
@@ -558,25 +559,24 @@ def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 2
         queries = _list_queries([_search_match(q), *_status_filters(status, _NOW)])
     else:
         queries = _status_tab_queries(status)
-    connection = db.session.connection()
-    total = queries.count.scalar(connection, **params) or 0
+    total = queries.count.read_scalar(**params) or 0
     if q:
         # A search reads every invite whatever the order: one sorted pass over the matches.
-        rows = queries.ordered.all(connection, **params)
+        rows = queries.ordered.read(**params)
     else:
         # The upcoming and the past ones are read separately, each in the order of the index
         # ix_invites_start_end: sorting on "is it past?" first would sort every invite.
         rows = []
         if status != ListFilter.PAST:
-            rows = queries.upcoming.all(connection, **params)
+            rows = queries.upcoming.read(**params)
         if len(rows) < per_page and status != ListFilter.UPCOMING:
             if rows:  # the upcoming ones end on this page
                 past_offset = 0
             elif status == ListFilter.PAST:
                 past_offset = offset
             else:  # this page comes after all the upcoming ones
-                past_offset = offset - (queries.upcoming_count.scalar(connection, **params) or 0)
-            rows += queries.past.all(connection, **{**params, "offset": past_offset, "limit": per_page - len(rows)})
+                past_offset = offset - (queries.upcoming_count.read_scalar(**params) or 0)
+            rows += queries.past.read(**{**params, "offset": past_offset, "limit": per_page - len(rows)})
     rows.sort(key=_list_key(now))
     return [InviteRow(invite_id, reference, summary, start, tzid, status == InviteStatus.CANCELLED, end <= now,
                       api_client, int(accepted), int(declined), int(tentative), int(pending), int(attention))
@@ -598,7 +598,7 @@ _ATTENTION_COUNT = PlainSelect(
 
 
 def attention_count() -> int:
-    return _ATTENTION_COUNT.scalar(db.session.connection()) or 0
+    return _ATTENTION_COUNT.read_scalar() or 0
 
 
 def local_datetime(value: datetime, tzid: str) -> datetime:
