@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from werkzeug.http import parse_cookie
 
-from .auth import parse_user_ref
+from .auth import CHECKED_USER, SIGNED_IN_COLUMNS, SignedInUser, parse_user_ref
 from .models import Invite, User
 from .plain_sql import PlainSelect, read_engine
 from .security import security_headers
@@ -34,8 +34,9 @@ from .security import security_headers
 LIVE_PATH = re.compile(r"/invites/([0-9]{1,18})/live\Z")
 
 # Is the session's user still signed in (same session version, still active), and
-# which version is the invite at?
-_POLL_CHECK = PlainSelect(select(Invite.version, User.session_version, User.active).select_from(Invite)
+# which version is the invite at? The user's other columns come along: when the poll has
+# changed, the full path takes the signed-in user from here instead of reading it again.
+_POLL_CHECK = PlainSelect(select(Invite.version, *SIGNED_IN_COLUMNS).select_from(Invite)
                .join(User, User.id == bindparam("user_id")).where(Invite.id == bindparam("invite_id")))
 
 
@@ -87,8 +88,13 @@ class UnchangedPoll:
             return False  # e.g. the database restarted: the full path answers (its reads try a new connection)
         if row is None:
             return False
-        version, session_version, active = row
-        return bool(active) and session_version == ref[1] and version == shown
+        user = SignedInUser(*row[1:])
+        if not user.active or user.session_version != ref[1]:
+            return False  # the full path signs the session out
+        if row.version == shown:
+            return True
+        environ[CHECKED_USER] = user  # changed: the full path's user loader takes it from here
+        return False
 
     def _check(self, invite_id: int, user_id: int) -> tuple | None:
         # A PlainSelect on a pooled DBAPI connection: SQLAlchemy's execution layer costs

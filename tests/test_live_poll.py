@@ -309,4 +309,27 @@ def test_reads_keep_their_prepared_statements_on_a_database_server(staff, app):
         prepared = " ".join(row[0] for row in cursor.fetchall())
     finally:
         connection.close()
-    assert "FROM replies" in prepared and "FROM users" in prepared
+    assert "FROM replies" in prepared and "FROM outbox_messages" in prepared
+
+
+def test_a_changed_poll_shows_times_in_the_signed_in_users_zone_as_it_is_now(staff, app):
+    """The full path takes the user the fast path's check read on this request, never an
+    older copy: a change of time zone shows at the next poll."""
+    from zoneinfo import ZoneInfo
+
+    from smart_invites_ui.models import Recipient, User
+
+    invite = make_invite(emails=("ann@example.org",))
+    apply_notification({"smart_invite": {"smart_invite_id": invite.smart_invite_id,
+                                         "reply": {"email": "ann@example.org", "status": "accepted"}}},
+                       source=NotificationSource.WEBHOOK)
+    replied = db.session.get(Recipient, invite.recipients[0].id).replied_at
+
+    def shown(zone: str) -> bool:
+        html = poll(staff.client, invite, 0).get_data(as_text=True)
+        return replied.astimezone(ZoneInfo(zone)).strftime("%d %b %H:%M") in html
+
+    assert shown("Europe/London")
+    db.session.get(User, staff.user.id).timezone = "Asia/Kathmandu"  # +05:45: no other zone's clock
+    db.session.commit()
+    assert shown("Asia/Kathmandu") and not shown("Europe/London")

@@ -50,8 +50,13 @@ class SignedInUser(SignedInMixin):
 
 
 _users = User.__table__.c
-_SIGNED_IN = PlainSelect(select(_users.id, _users.email, _users.name, _users.role, _users.active, _users.timezone,
-                    _users.session_version).where(_users.id == bindparam("user_id")))
+#: What a ``SignedInUser`` is made of, in its fields' order.
+SIGNED_IN_COLUMNS = (_users.id, _users.email, _users.name, _users.role, _users.active, _users.timezone,
+                     _users.session_version)
+_SIGNED_IN = PlainSelect(select(*SIGNED_IN_COLUMNS).where(_users.id == bindparam("user_id")))
+#: Where the live poll's fast path (``live_poll.UnchangedPoll``), which read the signed-in user
+#: to check the session, leaves it for the full path when the poll has changed.
+CHECKED_USER = "smart_invites.checked_user"
 
 
 @login_manager.user_loader
@@ -59,6 +64,9 @@ def load_user(user_id: str) -> SignedInUser | None:
     ref = parse_user_ref(user_id)
     if ref is None:
         return None
+    checked = request.environ.get(CHECKED_USER)  # read and checked by this request, a moment ago
+    if checked is not None and (checked.id, checked.session_version) == ref:
+        return checked
     # On the read pool: a page that only reads then never opens the ORM session.
     row = _SIGNED_IN.read_first(user_id=ref[0])
     if row is None or row.session_version != ref[1] or not row.active:
