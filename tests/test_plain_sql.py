@@ -114,14 +114,40 @@ def test_plain_writes_refuse_what_sqlalchemy_would_have_added(app):
         returning.execute(db.session.connection(), now=datetime.now(timezone.utc))
 
 
-def test_a_read_that_fails_says_why_and_leaves_the_pool_usable(app):
+def test_reads_together_give_what_each_gives_alone(app):
+    from smart_invites_ui.plain_sql import read_together
+
+    invite = make_invite(emails=("ann@example.org", "bob@example.org"))
+    apply_notification({"smart_invite": {"smart_invite_id": invite.smart_invite_id,
+                                         "reply": {"email": "bob@example.org", "status": "tentative"}}},
+                       source=NotificationSource.WEBHOOK)
+    params = {"invite_id": invite.id}
+    with app.test_request_context():
+        together = read_together((_INVITE_WITH_RECIPIENTS, params), (_REPLIES, params), (_EMAILS, params),
+                                 (_REPLIES, {"invite_id": 987654}))
+        alone = [query.read(**values) for query, values in ((_INVITE_WITH_RECIPIENTS, params), (_REPLIES, params),
+                                                           (_EMAILS, params), (_REPLIES, {"invite_id": 987654}))]
+    assert together == alone
+    assert [len(rows) for rows in together] == [2, 1, 2, 0]
+    assert together[1][0].status is RecipientStatus.TENTATIVE
+
+
+@pytest.mark.parametrize("position", [0, 1])
+def test_a_read_that_fails_says_why_and_leaves_the_pool_usable(app, position):
     from sqlalchemy import column, table
 
-    from smart_invites_ui.plain_sql import read_engine
+    from smart_invites_ui.plain_sql import read_engine, read_together
 
     missing = PlainSelect(select(table("no_such_table", column("id"))))
+    invite = make_invite(emails=("ann@example.org",))
+    params = {"invite_id": invite.id}
     with app.test_request_context():
         with pytest.raises(read_engine().dialect.loaded_dbapi.Error, match="no_such_table"):
             missing.read()
-        invite = make_invite(emails=("ann@example.org",))
-        assert [row.email for row in _INVITE_WITH_RECIPIENTS.read(invite_id=invite.id)] == ["ann@example.org"]
+        reads = [(_INVITE_WITH_RECIPIENTS, params)]
+        reads.insert(position, (missing, {}))
+        with pytest.raises(read_engine().dialect.loaded_dbapi.Error, match="no_such_table"):
+            read_together(*reads)
+        for _ in range(3):  # every pooled connection still answers
+            rows, emails = read_together((_INVITE_WITH_RECIPIENTS, params), (_EMAILS, params))
+            assert [row.email for row in rows] == ["ann@example.org"] and len(emails) == 1
