@@ -50,14 +50,17 @@ def _reuse_csrf_token(app: Flask) -> None:
 
 
 def _remember_csrf_token(app: Flask) -> None:
+    # A token made by this request (not reused) is remembered. Most requests made none:
+    # they leave the session untouched (reading it would mark the response "Vary: Cookie").
+    if g.get("csrf_token_reused") or g.get(app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")) is None:
+        return
     name, key = _csrf_token_key(app)
-    token = g.get(name)
-    if token is None or g.get("csrf_token_reused") or not key[0]:
+    if not key[0]:
         return
     signed = app.extensions[_SIGNED_CSRF_TOKENS]
     if len(signed) >= 4096:
         signed.clear()
-    signed[key] = (token, time.time())
+    signed[key] = (g.get(name), time.time())
 
 
 def csrf_token() -> str:

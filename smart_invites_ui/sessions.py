@@ -34,11 +34,17 @@ class RememberedCookieSessions(SecureCookieSessionInterface):
 
     def save_session(self, app: Flask, session, response) -> None:
         # Most requests leave the session as it was: then Flask only marks the response
-        # as varying by cookie, after reading seven cookie settings it does not use.
-        if not session.modified and not (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]):
-            if session.accessed:
-                response.vary.add("Cookie")
-            return
+        # as varying by cookie (when the request read the session), after reading seven
+        # cookie settings it does not use.
+        if not session.modified:
+            if not session:
+                return  # as Flask: an empty session is neither saved nor varied on
+            accessed = session.accessed  # before reading ``permanent``, which counts as a read
+            if not (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]):
+                if accessed:
+                    response.vary.add("Cookie")
+                return
+            session.accessed = accessed
         super().save_session(app, session, response)
 
     def verified(self, app: Flask, value: str) -> dict | None:

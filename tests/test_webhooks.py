@@ -367,3 +367,14 @@ def test_what_was_loaded_before_a_notification_shows_it_afterwards(app, invite):
     apply_notification(single("BOOK-1", ANN, "accepted"), source=NotificationSource.WEBHOOK)
     assert ann.status == RecipientStatus.ACCEPTED
     assert invite.version == 2
+
+
+def test_a_webhook_answer_does_not_vary_by_cookie_but_a_page_with_a_form_does(app, client, invite, auth):
+    """Machine endpoints leave the session alone: reading it on the way out (to remember a CSRF
+    token no form asked for) marked every answer "Vary: Cookie" and cost a webhook 4%."""
+    response = post(client, single("BOOK-1", ANN, "accepted"))
+    assert response.status_code == 200
+    assert "Cookie" not in response.headers.get("Vary", "")
+    auth.login()
+    page = client.get("/invites/new")
+    assert page.status_code == 200 and "Cookie" in page.headers.get("Vary", "")
