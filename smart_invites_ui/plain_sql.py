@@ -80,14 +80,29 @@ def _compile(statement, dialect):
     return compiled
 
 
-def _bind(compiled, bind_processors, values: dict):
-    params = compiled.construct_params(values)
-    for name, process in bind_processors.items():
-        if name in params:
-            params[name] = process(params[name])
+def _binder(compiled):
+    """The statement's parameters from a dict of values, converted by the bound columns'
+    types, in the order (or as the dict) its DBAPI takes them."""
+    processors = compiled._bind_processors
+    construct = compiled.construct_params
     if compiled.positiontup:
-        return [params[name] for name in compiled.positiontup]
-    return params
+        plan = [(name, processors.get(name)) for name in compiled.positiontup]
+
+        def bind_positional(values: dict) -> list:
+            params = construct(values)
+            return [params[name] if process is None else process(params[name]) for name, process in plan]
+
+        return bind_positional
+    converted = list(processors.items())
+
+    def bind(values: dict) -> dict:
+        params = construct(values)
+        for name, process in converted:
+            if name in params:
+                params[name] = process(params[name])
+        return params
+
+    return bind
 
 
 def read_together(*reads: tuple[PlainSelect, dict]) -> list[list]:
@@ -124,7 +139,7 @@ class PlainSelect:
 
     def __init__(self, statement: Select | Insert | Update):
         self.statement = statement
-        self._compiled: dict[str, tuple] = {}  # dialect name -> (compiled, bind processors, processors, row type)
+        self._compiled: dict[str, tuple] = {}  # dialect name -> (compiled, binder, processors, row type)
 
     def _for(self, dialect) -> tuple:
         known = self._compiled.get(dialect.name)
@@ -133,7 +148,7 @@ class PlainSelect:
             columns = compiled._result_columns
             processors = [column.type._cached_result_processor(dialect, None) for column in columns]
             row_type = namedtuple("PlainRow", [column.keyname for column in columns], rename=True)
-            known = (compiled, compiled._bind_processors, processors if any(processors) else None, row_type)
+            known = (compiled, _binder(compiled), processors if any(processors) else None, row_type)
             self._compiled[dialect.name] = known
         return known
 
@@ -147,10 +162,10 @@ class PlainSelect:
 
     def _send(self, dbapi_connection, dialect, values: dict):
         """The query sent; its cursor, for ``_rows``."""
-        compiled, bind_processors, _, _ = self._for(dialect)
+        compiled, bind, _, _ = self._for(dialect)
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(compiled.string, _bind(compiled, bind_processors, values))
+            cursor.execute(compiled.string, bind(values))
         except BaseException:
             cursor.close()
             raise
@@ -199,7 +214,7 @@ class PlainWrite:
 
     def __init__(self, statement: Insert | Update):
         self.statement = statement.inline() if isinstance(statement, Insert) else statement
-        self._compiled: dict[str, tuple] = {}  # dialect name -> (compiled, bind processors)
+        self._compiled: dict[str, tuple] = {}  # dialect name -> (compiled, binder)
 
     def _for(self, dialect) -> tuple:
         known = self._compiled.get(dialect.name)
@@ -207,24 +222,24 @@ class PlainWrite:
             compiled = _compile(self.statement, dialect)
             if compiled._result_columns:
                 raise ValueError("PlainWrite returns no rows: run a statement with RETURNING as a PlainSelect")
-            known = self._compiled[dialect.name] = (compiled, compiled._bind_processors)
+            known = self._compiled[dialect.name] = (compiled, _binder(compiled))
         return known
 
     def execute(self, connection: Connection, **values) -> int:
         """Run once on ``connection`` (in its transaction); the number of rows written."""
-        compiled, bind_processors = self._for(connection.dialect)
+        compiled, bind = self._for(connection.dialect)
         cursor = connection.connection.dbapi_connection.cursor()
         try:
-            cursor.execute(compiled.string, _bind(compiled, bind_processors, values))
+            cursor.execute(compiled.string, bind(values))
             return cursor.rowcount
         finally:
             cursor.close()
 
     def execute_many(self, connection: Connection, rows: list[dict]) -> None:
         """Run once per dict of values in ``rows``."""
-        compiled, bind_processors = self._for(connection.dialect)
+        compiled, bind = self._for(connection.dialect)
         cursor = connection.connection.dbapi_connection.cursor()
         try:
-            cursor.executemany(compiled.string, [_bind(compiled, bind_processors, row) for row in rows])
+            cursor.executemany(compiled.string, [bind(row) for row in rows])
         finally:
             cursor.close()
