@@ -339,7 +339,7 @@ def test_every_page_follows_the_order_across_ties_and_the_upcoming_past_boundary
     for q, status, wanted in cases:
         pages, total = [], None
         for page in range(1, len(wanted) // per_page + 3):
-            rows, total = invite_service.list_invites(q, status, page, per_page)
+            rows, total, _ = invite_service.list_invites(q, status, page, per_page)
             assert len(rows) <= per_page
             pages += [row.id for row in rows]
         assert pages == _expected_order(wanted, now), (q, status)

@@ -52,11 +52,10 @@ def index():
         status = ""
     page = requested_page()
     per_page = 25
-    rows, total = service.list_invites(q, status, page, per_page)
-    pages = page_count(total, per_page)
-    return render_template("invites/index.html", rows=rows, total=total, q=q, status=status, page=page,
-                           pages=pages, filters=service.ListFilter.CHOICES,
-                           attention=service.attention_count())
+    listed = service.list_invites(q, status, page, per_page)
+    return render_template("invites/index.html", rows=listed.rows, total=listed.total, q=q, status=status,
+                           page=page, pages=page_count(listed.total, per_page), filters=service.ListFilter.CHOICES,
+                           attention=listed.attention)
 
 
 @bp.route("/new", methods=["GET", "POST"])

@@ -10,7 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -21,7 +21,7 @@ from sqlalchemy.orm import selectinload
 from ..domain import EventData, InviteSource, InviteStatus, ITipMethod, RecipientStatus
 from ..extensions import db
 from ..models import ApiClient, Invite, Recipient, User, UtcDateTime, now_utc
-from ..plain_sql import PlainSelect
+from ..plain_sql import PlainSelect, read_together
 from . import outbox, providers
 
 MAX_REFERENCE_LENGTH = 256
@@ -546,9 +546,17 @@ def _status_tab_queries(status: str) -> _ListQueries:
     return _list_queries(_status_filters(status, _NOW))
 
 
-def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 25) -> tuple[list[InviteRow], int]:
+class InviteList(NamedTuple):
+    rows: list[InviteRow]
+    total: int  # invites matching, on every page
+    attention: int  # invites needing attention, whatever the search (the list's banner)
+
+
+def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 25) -> InviteList:
     """Invites matching the search, upcoming first (soonest first), then past (latest first),
-    as committed (read on the read pool, ``PlainSelect.read``)."""
+    as committed (read on the read pool). The count, the page and the attention count are
+    read together: one round trip on PostgreSQL, and a second only for the page where the
+    upcoming invites end."""
     q = (q or "").strip()
     if status not in dict(ListFilter.CHOICES):
         status = ListFilter.ALL
@@ -559,29 +567,27 @@ def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 2
         queries = _list_queries([_search_match(q), *_status_filters(status, _NOW)])
     else:
         queries = _status_tab_queries(status)
-    total = queries.count.read_scalar(**params) or 0
     if q:
         # A search reads every invite whatever the order: one sorted pass over the matches.
-        rows = queries.ordered.read(**params)
+        first = queries.ordered
     else:
         # The upcoming and the past ones are read separately, each in the order of the index
         # ix_invites_start_end: sorting on "is it past?" first would sort every invite.
-        rows = []
-        if status != ListFilter.PAST:
-            rows = queries.upcoming.read(**params)
-        if len(rows) < per_page and status != ListFilter.UPCOMING:
-            if rows:  # the upcoming ones end on this page
-                past_offset = 0
-            elif status == ListFilter.PAST:
-                past_offset = offset
-            else:  # this page comes after all the upcoming ones
-                past_offset = offset - (queries.upcoming_count.read_scalar(**params) or 0)
-            rows += queries.past.read(**{**params, "offset": past_offset, "limit": per_page - len(rows)})
+        first = queries.past if status == ListFilter.PAST else queries.upcoming
+    counted, rows, attention = read_together((queries.count, params), (first, params), (_ATTENTION_COUNT, {}))
+    if not q and status not in (ListFilter.UPCOMING, ListFilter.PAST) and len(rows) < per_page:
+        if rows:  # the upcoming ones end on this page
+            past_offset = 0
+        else:  # this page comes after all the upcoming ones
+            past_offset = offset - (queries.upcoming_count.read_scalar(**params) or 0)
+        rows += queries.past.read(**{**params, "offset": past_offset, "limit": per_page - len(rows)})
     rows.sort(key=_list_key(now))
-    return [InviteRow(invite_id, reference, summary, start, tzid, status == InviteStatus.CANCELLED, end <= now,
-                      api_client, int(accepted), int(declined), int(tentative), int(pending), int(attention))
-            for (invite_id, reference, summary, start, end, tzid, status, api_client, accepted, declined, tentative,
-                 pending, attention) in rows], total
+    return InviteList(
+        [InviteRow(invite_id, reference, summary, start, tzid, status == InviteStatus.CANCELLED, end <= now,
+                   api_client, int(accepted), int(declined), int(tentative), int(pending), int(needing))
+         for (invite_id, reference, summary, start, end, tzid, status, api_client, accepted, declined, tentative,
+              pending, needing) in rows],
+        counted[0][0] or 0, attention[0][0] or 0)
 
 
 def get_by_reference(reference: str) -> Invite | None:
@@ -595,10 +601,6 @@ _ATTENTION_COUNT = PlainSelect(
     .where(Invite.status == InviteStatus.ACTIVE, Recipient.needs_attention == true(),
            Recipient.status != RecipientStatus.REMOVED)
 )
-
-
-def attention_count() -> int:
-    return _ATTENTION_COUNT.read_scalar() or 0
 
 
 def local_datetime(value: datetime, tzid: str) -> datetime:
