@@ -343,14 +343,16 @@ def test_a_nul_character_in_a_comment_is_dropped_not_a_server_error(app, client,
 def test_a_notification_that_fails_half_way_writes_nothing_and_can_be_sent_again(app, invite, monkeypatch):
     """Its own transaction: the history row and the status written before the failure go too,
     so the sender's retry is applied, not taken for a duplicate."""
+    from sqlalchemy import bindparam, update
+
+    from smart_invites_ui.plain_sql import PlainWrite
     from smart_invites_ui.services import notifications
 
-    class Broken:
-        def execute(self, connection, **values):
-            raise RuntimeError("the disk is full")
-
-    monkeypatch.setattr(notifications, "_BUMP_VERSION", Broken())  # the last write
-    with pytest.raises(RuntimeError):
+    invites = Invite.__table__  # the last write, refused by the database (version is NOT NULL)
+    refused = PlainWrite(update(invites).where(invites.c.id == bindparam("invite_id"))
+                         .values(version=None, updated_at=bindparam("now")))
+    monkeypatch.setattr(notifications, "_BUMP_VERSION", refused)
+    with pytest.raises(db.engine.dialect.loaded_dbapi.IntegrityError):
         apply_notification(single("BOOK-1", ANN, "declined"), source=NotificationSource.WEBHOOK)
     assert (_count(Notification), len(_history(invite))) == (0, 0)
     assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
