@@ -265,6 +265,28 @@ def test_login_is_limited_per_account_across_addresses(limited):
     assert login_attempt(client, BOB, ip="203.0.113.201").status_code == 401  # other accounts are not locked
 
 
+def test_wrong_api_keys_are_limited_per_address(limited):
+    from smart_invites_ui.services import api_clients
+
+    _, secret = api_clients.create_client("Booking website")
+    client = limited.test_client()
+
+    def lookup(key, ip):
+        return client.get("/v1/smart_invites", query_string={"smart_invite_id": "BOOK-1"},
+                          headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": ip})
+
+    for _ in range(40):  # the right key never counts
+        assert lookup(secret, "198.51.100.20").status_code == 404
+    for n in range(30):
+        assert lookup(f"guess-{n}", "198.51.100.21").status_code == 401
+    refused = lookup("guess-30", "198.51.100.21")
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 61
+    assert refused.get_json()["errors"]["authorization"][0]["key"] == "errors.too_many_attempts"
+    assert lookup(secret, "198.51.100.21").status_code == 429  # even the right key, until the minute is over
+    assert lookup(secret, "198.51.100.22").status_code == 404  # another address
+    assert lookup("guess-31", "198.51.100.22").status_code == 401
+
+
 # --- size, cookies, passwords -------------------------------------------------------------------
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import timedelta
 
 from flask import Blueprint, Response, request
+from flask_limiter.util import get_remote_address
+from limits import parse
 from sqlalchemy.exc import IntegrityError
 
-from ..extensions import csrf, db
+from ..extensions import csrf, db, limiter
 from ..models import ApiClient, now_utc
 from ..security import public
 from ..services import api_clients
@@ -45,6 +48,29 @@ def _unauthorized() -> Response:
     return response
 
 
+# Wrong API keys, counted per client address in the rate limiter's storage (Redis in
+# production). Only refused keys count, so a booking system using its right key is never
+# limited, and no hook runs on the requests that do not need it.
+WRONG_KEYS_LIMIT = parse("30 per minute")
+_WRONG_KEYS = "api-wrong-keys"
+
+
+def _wrong_keys_wait() -> int | None:
+    """Seconds before this address may try a key again, when it sent too many wrong ones."""
+    if not limiter.enabled:
+        return None
+    address = get_remote_address()
+    if limiter.limiter.test(WRONG_KEYS_LIMIT, _WRONG_KEYS, address):
+        return None
+    reset_at = limiter.limiter.get_window_stats(WRONG_KEYS_LIMIT, _WRONG_KEYS, address).reset_time
+    return max(1, int(reset_at - time.time()) + 1)
+
+
+def _count_wrong_key() -> None:
+    if limiter.enabled:
+        limiter.limiter.hit(WRONG_KEYS_LIMIT, _WRONG_KEYS, get_remote_address())
+
+
 def _authenticated_client() -> ApiClient | None:
     scheme, _, secret = request.headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
@@ -59,6 +85,12 @@ def _authenticated_client() -> ApiClient | None:
 @csrf.exempt
 @public("api key")
 def smart_invites():
+    wait = _wrong_keys_wait()
+    if wait is not None:
+        response = _error(429, "authorization", "too_many_attempts",
+                          f"too many requests with a wrong API key from this address: try again in {wait} s")
+        response.headers["Retry-After"] = str(wait)
+        return response
     try:
         client = _authenticated_client()
     except RuntimeError:  # the secret matched but cannot be decrypted: SECRET_KEY changed
@@ -66,6 +98,7 @@ def smart_invites():
         return _error(500, "authorization", "server_error", "this server cannot read its API keys: "
                       "its SECRET_KEY was changed")
     if client is None:
+        _count_wrong_key()
         return _unauthorized()
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _error(413, "body", "too_large", "must be at most 1 MB")
