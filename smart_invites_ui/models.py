@@ -417,6 +417,7 @@ class ImportState(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    EXPIRED = "expired"  # previewed and never confirmed: its file was discarded (imports.jobs)
 
 
 class BookingImport(db.Model):

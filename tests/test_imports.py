@@ -613,3 +613,32 @@ def test_an_import_whose_worker_died_is_taken_over_after_its_lease(app, staff):
     assert (record.processed_rows, record.created_count) == (50, 25)
     assert db.session.scalar(select(func.count()).select_from(Invite)) == 25 and whole_bookings()
     assert outbox_count() == 50
+
+
+# --- previews nobody confirmed ----------------------------------------------------------
+
+
+def test_a_preview_not_confirmed_within_a_day_loses_its_file_and_says_so(staff, run_imports):
+    old_id = import_id_of(upload(staff, csv_bytes(BOOKINGS), filename="monday.csv"))
+    fresh_id = import_id_of(upload(staff, csv_bytes(BOOKINGS), filename="tuesday.csv"))
+    done = import_through_pages(staff, run_imports, csv_bytes(BOOKINGS))
+    for record_id in (old_id, done.id):  # uploaded 25 hours ago
+        db.session.get(BookingImport, record_id).created_at = datetime.now(timezone.utc) - timedelta(hours=25)
+    db.session.commit()
+
+    Worker(staff.client.application, worker_id="test").run_hooks()
+    db.session.expire_all()
+    old, fresh, done = (db.session.get(BookingImport, i) for i in (old_id, fresh_id, done.id))
+    assert (old.state, old.content, old.total_rows) == (ImportState.EXPIRED, None, len(BOOKINGS))
+    assert fresh.state == ImportState.PREVIEWED and fresh.content  # still within the day
+    assert done.state == ImportState.DONE  # only previews expire
+
+    page = staff.client.get(f"/imports/{old_id}").get_data(as_text=True)
+    assert "was not confirmed within 24 hours" in page and "Upload the file again" in page
+    invites = db.session.scalar(select(func.count()).select_from(Invite))
+    confirm(staff, old_id)  # too late: nothing is queued
+    run_imports()
+    assert db.session.get(BookingImport, old_id).state == ImportState.EXPIRED
+    assert db.session.scalar(select(func.count()).select_from(Invite)) == invites
+    listing = staff.client.get("/imports").get_data(as_text=True)
+    assert 'data-state="expired"' in listing and 'data-state="previewed"' in listing

@@ -10,8 +10,8 @@ import io
 import posixpath
 from datetime import date
 
-from flask import (Blueprint, Response, abort, flash, redirect, render_template, request, stream_with_context,
-                   url_for)
+from flask import (Blueprint, Response, abort, current_app, flash, redirect, render_template, request,
+                   stream_with_context, url_for)
 from flask_login import current_user
 from sqlalchemy import func, select
 
@@ -21,7 +21,7 @@ from ..services import bookings_import as service
 from ..services.bookings_csv import CsvFormatError, parse_bookings, rejected_rows_csv, sample_csv
 from ..services.invites import ListFilter
 from .forms import UploadForm
-from .jobs import run_queued_imports
+from .jobs import PREVIEW_HOURS, expire_previews, run_queued_imports
 
 bp = Blueprint("imports", __name__)
 
@@ -33,7 +33,7 @@ RESULT_INVITES = 100
 
 @bp.record_once
 def _register_worker_hook(state) -> None:
-    state.app.extensions.setdefault("worker_hooks", []).append(run_queued_imports)
+    state.app.extensions.setdefault("worker_hooks", []).extend((run_queued_imports, expire_previews))
 
 
 def _import_or_404(import_id: int) -> BookingImport:
@@ -132,7 +132,8 @@ def _version(record: BookingImport) -> str:
 
 def _progress_context(record: BookingImport) -> dict:
     context: dict = {"version": _version(record),
-                     "live": record.state in (ImportState.QUEUED, ImportState.RUNNING)}
+                     "live": record.state in (ImportState.QUEUED, ImportState.RUNNING),
+                     "preview_hours": current_app.config.get("IMPORT_PREVIEW_HOURS", PREVIEW_HOURS)}
     if record.state == ImportState.DONE:
         context["created_invites"] = db.session.scalars(
             select(Invite).where(Invite.import_id == record.id).order_by(Invite.start, Invite.id)

@@ -1,6 +1,7 @@
-"""The worker's part of the import: run the imports staff confirmed.
+"""The worker's part of the import: run the imports staff confirmed, and discard the
+files of previews nobody confirmed.
 
-Registered in ``app.extensions["worker_hooks"]``, so ``flask worker`` calls it on
+Registered in ``app.extensions["worker_hooks"]``, so ``flask worker`` calls them on
 every round. A long import keeps the outbox moving between its batches; asked to
 stop (SIGTERM), it stops after the batch in hand and is queued again, to resume.
 The import is leased to the worker, renewed after every batch: if the worker dies
@@ -9,13 +10,19 @@ resumes after the last batch written.
 """
 from __future__ import annotations
 
+import logging
 import time
+from datetime import timedelta
 
 from flask import current_app
 
 from ..services import bookings_import as service
 
+log = logging.getLogger(__name__)
+
 OUTBOX_EVERY_SECONDS = 2.0  # how often a long import lets the outbox deliver
+PREVIEW_HOURS = 24  # an unconfirmed preview's file is kept this long (IMPORT_PREVIEW_HOURS)
+EXPIRE_EVERY_SECONDS = 600.0  # how often the worker looks for them
 
 
 def run_queued_imports(worker) -> None:
@@ -34,3 +41,16 @@ def run_queued_imports(worker) -> None:
             last_delivery = time.monotonic()
 
     service.run_import(import_id, should_stop=worker.stop_event.is_set, between_batches=between_batches)
+
+
+def expire_previews(worker) -> None:
+    """Every ten minutes: discard the files of previews older than IMPORT_PREVIEW_HOURS."""
+    now = time.monotonic()
+    last = getattr(worker, "previews_expired_at", None)
+    if last is not None and now - last < EXPIRE_EVERY_SECONDS:
+        return
+    worker.previews_expired_at = now
+    hours = current_app.config.get("IMPORT_PREVIEW_HOURS", PREVIEW_HOURS)
+    expired = service.expire_previews(timedelta(hours=hours))
+    if expired:
+        log.info("discarded the files of %d import preview(s) not confirmed within %s h", expired, hours)

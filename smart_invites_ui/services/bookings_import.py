@@ -487,6 +487,20 @@ def queue_import(import_id: int) -> bool:
     return bool(taken)
 
 
+def expire_previews(older_than: timedelta) -> int:
+    """Discard the files of previews nobody confirmed within ``older_than`` (an upload may be
+    tens of megabytes, kept in the database): they become EXPIRED, with their counts kept.
+    How many expired."""
+    expired = db.session.execute(
+        update(BookingImport)
+        .where(BookingImport.state == ImportState.PREVIEWED, BookingImport.created_at < now_utc() - older_than)
+        .values(state=ImportState.EXPIRED, content=None, finished_at=now_utc())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return expired
+
+
 IMPORT_LEASE = timedelta(minutes=2)
 
 
