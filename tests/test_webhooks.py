@@ -380,3 +380,20 @@ def test_a_webhook_answer_does_not_vary_by_cookie_but_a_page_with_a_form_does(ap
     auth.login()
     page = client.get("/invites/new")
     assert page.status_code == 200 and "Cookie" in page.headers.get("Vary", "")
+
+
+def test_a_webhook_survives_the_database_dropping_its_connections(app, client, invite):
+    """On a database server a webhook is applied on the read pool, without pre-ping: a dropped
+    connection is replaced and the notification applied once, not lost and not doubled."""
+    from sqlalchemy import text
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    assert post(client, single("BOOK-1", ANN, "tentative")).status_code == 200  # the pool holds a connection
+    db.session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    db.session.commit()
+    response = post(client, single("BOOK-1", ANN, "declined"))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "applied"
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.DECLINED
+    assert [reply.status for reply in _history(invite)] == [RecipientStatus.TENTATIVE, RecipientStatus.DECLINED]
