@@ -237,11 +237,8 @@ class PlainWrite:
 
     def execute_many(self, connection: Connection, rows: list[dict]) -> None:
         """Run once per dict of values in ``rows``."""
-        self._send_many(connection.connection.dbapi_connection, connection.dialect, rows)
-
-    def _send_many(self, dbapi_connection, dialect, rows: list[dict]) -> None:
-        compiled, bind = self._for(dialect)
-        cursor = dbapi_connection.cursor()
+        compiled, bind = self._for(connection.dialect)
+        cursor = connection.connection.dbapi_connection.cursor()
         try:
             if len(rows) == 1:
                 cursor.execute(compiled.string, bind(rows[0]))
@@ -249,19 +246,3 @@ class PlainWrite:
                 cursor.executemany(compiled.string, [bind(row) for row in rows])
         finally:
             cursor.close()
-
-
-def write_together(connection: Connection, *writes: tuple[PlainWrite, list[dict]]) -> None:
-    """Each ``(write, rows)`` run once per dict of values in ``rows``, in order, on ``connection``
-    (in its transaction). On PostgreSQL they are sent together in psycopg's pipeline mode:
-    one round trip for all of them; an error is raised when they have been sent, before the
-    transaction can commit."""
-    dbapi_connection, dialect = connection.connection.dbapi_connection, connection.dialect
-    pipeline = getattr(dbapi_connection, "pipeline", None)  # psycopg 3
-    if pipeline is None or len(writes) == 1:
-        for write, rows in writes:
-            write._send_many(dbapi_connection, dialect, rows)
-        return
-    with pipeline():
-        for write, rows in writes:
-            write._send_many(dbapi_connection, dialect, rows)

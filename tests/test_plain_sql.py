@@ -151,24 +151,3 @@ def test_a_read_that_fails_says_why_and_leaves_the_pool_usable(app, position):
         for _ in range(3):  # every pooled connection still answers
             rows, emails = read_together((_INVITE_WITH_RECIPIENTS, params), (_EMAILS, params))
             assert [row.email for row in rows] == ["ann@example.org"] and len(emails) == 1
-
-
-def test_writes_together_run_in_order_in_the_callers_transaction(app):
-    from smart_invites_ui.plain_sql import write_together
-
-    invite = make_invite(emails=("ann@example.org",))
-    table = Reply.__table__
-    add = PlainWrite(insert(table).values({name: bindparam(name) for name in _reply_values(invite)}))
-    rename = PlainWrite(update(table).where(table.c.email == bindparam("old")).values(email=bindparam("new")))
-    connection = db.session.connection()
-    write_together(connection, (add, [_reply_values(invite, email="a@example.org"),
-                                      _reply_values(invite, email="b@example.org")]),
-                   (rename, [{"old": "a@example.org", "new": "c@example.org"}]),  # the row just added
-                   (rename, [{"old": "c@example.org", "new": "d@example.org"}]))
-    assert sorted(db.session.scalars(select(table.c.email)).all()) == ["b@example.org", "d@example.org"]
-    db.session.rollback()
-    assert db.session.scalar(select(func.count()).select_from(table)) == 0  # nothing committed by itself
-    write_together(db.session.connection(), (add, [_reply_values(invite, email="a@example.org")]),
-                   (rename, [{"old": "a@example.org", "new": "c@example.org"}]))
-    db.session.commit()
-    assert db.session.scalars(select(table.c.email)).all() == ["c@example.org"]

@@ -25,7 +25,7 @@ from ..domain import Proposal, RecipientStatus, utc
 from ..extensions import db
 from ..models import (Invite, Notification, NotificationOutcome, NotificationSource, Recipient, Reply,
                       now_utc)
-from ..plain_sql import PlainSelect, PlainWrite, read_engine, write_together
+from ..plain_sql import PlainSelect, PlainWrite, read_engine
 from . import outbox
 
 log = logging.getLogger(__name__)
@@ -327,24 +327,18 @@ def record_notification(
     result.notification_id = notification_id
     if invite is None or not replies:
         return result
-    # The history, the statuses and the version in one go (one round trip on PostgreSQL).
-    writes: list[tuple[PlainWrite, list[dict]]] = []
     if history:
-        writes.append((_INSERT_REPLIES, [dict(row, notification_id=notification_id) for row in history]))
-    updates = []
+        _INSERT_REPLIES.execute_many(connection, [dict(row, notification_id=notification_id) for row in history])
     for email in dict.fromkeys(reply.email for reply in applied):
         recipient = recipients[email]
         proposal = recipient.proposal
-        updates.append({
-            "recipient_id": recipient.id, "status": recipient.status, "comment": recipient.comment,
-            "proposal_start": proposal.start if proposal else None, "proposal_end": proposal.end if proposal else None,
-            "proposal_tzid": proposal.tzid if proposal else None, "replied_at": now,
-            "last_reply_dtstamp": recipient.last_reply_dtstamp, "last_reply_sequence": recipient.last_reply_sequence,
-            "needs_attention": recipient.status == RecipientStatus.DECLINED or proposal is not None})
-    if updates:
-        writes.append((_UPDATE_RECIPIENT, updates))
-    writes.append((_BUMP_VERSION, [{"invite_id": invite.id, "now": now}]))  # even when no status changed
-    write_together(connection, *writes)
+        _UPDATE_RECIPIENT.execute(
+            connection, recipient_id=recipient.id, status=recipient.status, comment=recipient.comment,
+            proposal_start=proposal.start if proposal else None, proposal_end=proposal.end if proposal else None,
+            proposal_tzid=proposal.tzid if proposal else None, replied_at=now,
+            last_reply_dtstamp=recipient.last_reply_dtstamp, last_reply_sequence=recipient.last_reply_sequence,
+            needs_attention=recipient.status == RecipientStatus.DECLINED or proposal is not None)
+    _BUMP_VERSION.execute(connection, invite_id=invite.id, now=now)  # the history changed even when no status did
     if applied and invite.callback_url:
         _queue_callbacks(connection, invite, recipients, applied)
     return result
