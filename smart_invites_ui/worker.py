@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from flask import Flask, current_app
 
@@ -26,6 +27,7 @@ class Worker:
         self.app = app
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop_event = threading.Event()
+        self.next_due: dict[str, float] = {}  # a periodic duty's name -> when it is due next (monotonic)
 
     def run_once(self) -> outbox.DeliveryStats:
         """Claim and deliver one batch; returns what happened."""
@@ -82,6 +84,15 @@ class Worker:
                     hook(self)
                 finally:
                     db.session.remove()
+
+    def due(self, duty: str, every_seconds: float) -> bool:
+        """Whether a hook's periodic ``duty`` is due (the first time it is asked, and then
+        every ``every_seconds``); when it is, it counts as done from now."""
+        now = time.monotonic()
+        if now < self.next_due.get(duty, 0.0):
+            return False
+        self.next_due[duty] = now + every_seconds
+        return True
 
     def install_signal_handlers(self) -> None:
         def stop(signum, frame):

@@ -45,11 +45,8 @@ def run_queued_imports(worker) -> None:
 
 def expire_previews(worker) -> None:
     """Every ten minutes: discard the files of previews older than IMPORT_PREVIEW_HOURS."""
-    now = time.monotonic()
-    last = getattr(worker, "previews_expired_at", None)
-    if last is not None and now - last < EXPIRE_EVERY_SECONDS:
+    if not worker.due("expire import previews", EXPIRE_EVERY_SECONDS):
         return
-    worker.previews_expired_at = now
     hours = current_app.config.get("IMPORT_PREVIEW_HOURS", PREVIEW_HOURS)
     expired = service.expire_previews(timedelta(hours=hours))
     if expired:
