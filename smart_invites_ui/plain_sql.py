@@ -23,6 +23,7 @@ from collections import namedtuple
 from flask import Flask, current_app
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Insert, Select, Update
 
 READ_POOL_SIZE = 4  # connections per web process (its threads), and as many more at busy moments
@@ -105,6 +106,14 @@ def _binder(compiled):
     return bind
 
 
+def connection_lost(dialect, error: BaseException, dbapi_connection) -> bool:
+    """Whether ``error`` says the connection is gone (the server restarted, a failover):
+    the driver's own errors, which plain statements raise, and SQLAlchemy's wrapped ones."""
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated
+    return isinstance(error, dialect.loaded_dbapi.Error) and dialect.is_disconnect(error, dbapi_connection, None)
+
+
 def read_together(*reads: tuple[PlainSelect, dict]) -> list[list]:
     """The rows of each ``(query, values)``, read on one connection of the read pool
     (``read_engine``), outside any transaction. On PostgreSQL they are sent together in
@@ -124,11 +133,9 @@ def read_together(*reads: tuple[PlainSelect, dict]) -> list[list]:
                 cursors = [query._send(dbapi_connection, dialect, values) for query, values in reads]
                 return [query._rows(cursor, dialect) for (query, _), cursor in zip(reads, cursors)]
         except dialect.loaded_dbapi.Error as exc:
-            if not dialect.is_disconnect(exc, dbapi_connection, None):
+            if attempt == 2 or not connection_lost(dialect, exc, dbapi_connection):
                 raise
             connection.invalidate(exc)  # e.g. the server restarted: a new connection, once
-            if attempt == 2:
-                raise
         finally:
             connection.close()  # back to the pool
     raise AssertionError("unreachable")

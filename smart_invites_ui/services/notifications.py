@@ -18,14 +18,13 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 from ..api.schema import parse_event_time, proposal_json
 from ..domain import Proposal, RecipientStatus, utc
 from ..extensions import db
 from ..models import (Invite, Notification, NotificationOutcome, NotificationSource, Recipient, Reply,
                       now_utc)
-from ..plain_sql import PlainSelect, PlainWrite, read_engine
+from ..plain_sql import PlainSelect, PlainWrite, connection_lost, read_engine
 from . import outbox
 
 log = logging.getLogger(__name__)
@@ -249,23 +248,13 @@ def _apply_on_read_pool(engine, payload: dict, options: dict) -> ApplyResult:
                 result = record_notification(payload, connection=connection, **options)
                 transaction.commit()
                 return result
-            except (engine.dialect.loaded_dbapi.Error, DBAPIError) as exc:
-                # Plain statements raise the driver's errors; SQLAlchemy's (the commit) wrap them.
-                if isinstance(exc, DBAPIError):
-                    lost = exc.connection_invalidated
-                else:
-                    lost = engine.dialect.is_disconnect(exc, connection.connection.dbapi_connection, None)
-                if not lost:
-                    transaction.rollback()
-                    raise
-                if not connection.invalidated:
+            except BaseException as exc:
+                lost = connection_lost(engine.dialect, exc, connection.connection.dbapi_connection)
+                if lost and not connection.invalidated:
                     connection.invalidate(exc)  # e.g. the server restarted: a new connection, once
-                transaction.rollback()  # forgets it; nothing is sent on a connection thrown away
-                if attempt == 2:
+                transaction.rollback()  # on a connection thrown away, only forgets the transaction
+                if attempt == 2 or not lost:
                     raise
-            except BaseException:
-                transaction.rollback()
-                raise
     raise AssertionError("unreachable")
 
 
