@@ -36,37 +36,44 @@ CSRF_TOKEN_REUSE_SECONDS = 60
 _SIGNED_CSRF_TOKENS = "signed_csrf_tokens"  # app.extensions: {(session's secret, key): (token, signed at)}
 
 
-def _csrf_token_key(app: Flask) -> tuple[str, tuple]:
-    name = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
-    return name, (session.get(name), app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key)
+def _csrf_field(app: Flask) -> str:
+    return app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+
+
+def _csrf_token_key(app: Flask, field: str) -> tuple:
+    """The session's raw CSRF secret and the signing key: what a signed token depends on."""
+    return session.get(field), app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
 
 
 def _reuse_csrf_token(app: Flask) -> None:
-    name, key = _csrf_token_key(app)
+    field = _csrf_field(app)
+    key = _csrf_token_key(app, field)
     known = app.extensions[_SIGNED_CSRF_TOKENS].get(key) if key[0] else None
     if known is not None and 0 <= time.time() - known[1] < CSRF_TOKEN_REUSE_SECONDS:
-        setattr(g, name, known[0])
+        setattr(g, field, known[0])
         g.csrf_token_reused = True
 
 
 def _remember_csrf_token(app: Flask) -> None:
     # A token made by this request (not reused) is remembered. Most requests made none:
     # they leave the session untouched (reading it would mark the response "Vary: Cookie").
-    if g.get("csrf_token_reused") or g.get(app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")) is None:
+    field = _csrf_field(app)
+    token = g.get(field)
+    if token is None or g.get("csrf_token_reused"):
         return
-    name, key = _csrf_token_key(app)
+    key = _csrf_token_key(app, field)
     if not key[0]:
         return
     signed = app.extensions[_SIGNED_CSRF_TOKENS]
     if len(signed) >= 4096:
         signed.clear()
-    signed[key] = (g.get(name), time.time())
+    signed[key] = (token, time.time())
 
 
 def csrf_token() -> str:
     """The request's CSRF token (templates' ``csrf_token()``): Flask-WTF's, without
     looking its settings up again for every form on the page."""
-    token = g.get(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"))
+    token = g.get(_csrf_field(current_app))
     return token if token is not None else generate_csrf()
 
 
