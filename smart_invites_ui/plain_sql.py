@@ -34,6 +34,11 @@ def init_reads(app: Flask, app_engine: Engine) -> None:
     app.extensions[_READS] = _ReadEngine(app_engine, app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
 
 
+def dispose_reads(app: Flask) -> None:
+    """Close the read pool's connections, when it has a pool of its own (a database server)."""
+    app.extensions[_READS].dispose()
+
+
 def read_engine(app: Flask | None = None) -> Engine:
     """What reads outside the ORM session run on (``PlainSelect.read``, the live poll's check).
 

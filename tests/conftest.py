@@ -17,6 +17,7 @@ from smart_invites_ui import create_app
 from smart_invites_ui.domain import EventData, InviteSource
 from smart_invites_ui.extensions import db
 from smart_invites_ui.models import Role
+from smart_invites_ui.plain_sql import dispose_reads
 from smart_invites_ui.services import invites as invite_service
 from smart_invites_ui.services import users as user_service
 
@@ -104,9 +105,7 @@ def app(database_url, _schema):
     with app.app_context():
         yield app
         db.session.remove()
-    from smart_invites_ui.plain_sql import _READS
-
-    app.extensions[_READS].dispose()  # its own pool on a database server
+    dispose_reads(app)  # its own pool on a database server
 
 
 @pytest.fixture

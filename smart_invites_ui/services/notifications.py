@@ -225,7 +225,7 @@ def apply_notification(payload: dict, **options) -> ApplyResult:
     is expired, as a commit of its own would have done.
 
     On a database server the connection comes from the read pool, without the main pool's
-    pre-ping (a round trip of six). If it turns out dead, the whole notification is applied
+    pre-ping (one round trip of eight). If it turns out dead, the whole notification is applied
     again on a new one: nothing was committed, or, if the connection died with the COMMIT in
     flight, the second attempt finds the delivery recorded and answers "duplicate"."""
     engine = read_engine()
