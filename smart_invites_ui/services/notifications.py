@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, exists, insert, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from ..api.schema import parse_event_time, proposal_json
@@ -216,18 +216,21 @@ def _same_as_current(recipient: _Recipient, reply: StatusReply) -> bool:
 
 
 def apply_notification(payload: dict, **options) -> ApplyResult:
-    """Record and apply one notification in a transaction of its own, committed here (rolled
-    back if anything fails): :func:`record_notification` with the same arguments.
+    """Record and apply one notification, committed here, all or nothing: what
+    :func:`record_notification` does with the same arguments, in a transaction of its own.
 
     It runs on a connection of its own, not in the ORM session: a webhook has nothing else to
     write, and the session's transaction bookkeeping cost three times the commit (45 us against
     14 us). So the session's own pending changes are not part of it; what the session has loaded
     is expired, as a commit of its own would have done.
 
-    On a database server the connection comes from the read pool, without the main pool's
-    pre-ping (one round trip of eight). If it turns out dead, the whole notification is applied
-    again on a new one: nothing was committed, or, if the connection died with the COMMIT in
-    flight, the second attempt finds the delivery recorded and answers "duplicate"."""
+    On a database server the connection comes from the read pool, in autocommit and without
+    the main pool's pre-ping, and the usual notification (one reply, no callback to queue) is
+    two round trips: the invite read, then every write in one statement (``_one_statement``),
+    atomic by itself. Anything else is written in a transaction. If the connection turns out
+    dead, the whole notification is applied again on a new one: nothing was committed, or, if
+    the connection died with the commit in flight, the second attempt finds the delivery
+    recorded and answers "duplicate"."""
     engine = read_engine()
     if engine.dialect.name == "sqlite":  # the app's engine: no pre-ping to skip
         with engine.begin() as connection:
@@ -241,18 +244,26 @@ def apply_notification(payload: dict, **options) -> ApplyResult:
 
 def _apply_on_read_pool(engine, payload: dict, options: dict) -> ApplyResult:
     for attempt in (1, 2):
-        with engine.connect() as autocommit:
-            connection = autocommit.execution_options(isolation_level="READ COMMITTED")
-            transaction = connection.begin()
+        with engine.connect() as connection:  # in autocommit: each statement commits itself
+            transaction = None
             try:
-                result = record_notification(payload, connection=connection, **options)
+                # Read outside a transaction: under READ COMMITTED, which the writes run at,
+                # every statement sees what is committed when it starts, in a transaction or not.
+                plan = _decide(payload, connection=connection, **options)
+                one = _one_statement(connection.dialect, plan, _UPDATE_RECIPIENT, _BUMP_VERSION)
+                if one is not None:
+                    return plan.recorded(one.scalar(connection, **plan.one_statement_values()))
+                connection.execution_options(isolation_level="READ COMMITTED")
+                transaction = connection.begin()
+                result = _write(plan, connection)
                 transaction.commit()
                 return result
             except BaseException as exc:
                 lost = connection_lost(engine.dialect, exc, connection.connection.dbapi_connection)
                 if lost and not connection.invalidated:
                     connection.invalidate(exc)  # e.g. the server restarted: a new connection, once
-                transaction.rollback()  # on a connection thrown away, only forgets the transaction
+                if transaction is not None:
+                    transaction.rollback()  # on a connection thrown away, only forgets the transaction
                 if attempt == 2 or not lost:
                     raise
     raise AssertionError("unreachable")
@@ -280,13 +291,69 @@ def record_notification(
     also when the same delivery is being recorded at the same moment by another transaction.
     Raises ``MalformedNotification`` (before writing anything) for a payload of another shape.
     """
+    if connection is None:
+        db.session.flush()  # the caller's pending changes first: what follows is Core, on the session's connection
+        connection = db.session.connection()  # (the ORM's execute layer cost as much as these statements)
+    plan = _decide(payload, source=source, raw=raw, dedupe_key=dedupe_key, dtstamp=dtstamp, sequence=sequence,
+                   preloaded=preloaded, connection=connection)
+    return _write(plan, connection)
+
+
+@dataclass
+class _Plan:
+    """What applying a notification writes, decided from the invite as read."""
+
+    result: ApplyResult  # the outcome; its notification_id comes with the notification's row
+    notification: dict  # the notification row's values
+    invite: _Invite | None
+    replies: list[StatusReply]
+    recipients: dict[str, _Recipient]  # by email, with the applied replies' changes
+    history: list[dict]  # the replies' history rows, without the notification's id
+    applied: list[StatusReply]
+    now: datetime
+
+    @property
+    def writes_history(self) -> bool:
+        """Whether anything beyond the notification's own row is written."""
+        return self.invite is not None and bool(self.replies)
+
+    def recipient_values(self, email: str) -> dict:
+        """``_UPDATE_RECIPIENT``'s values for the recipient ``email``."""
+        recipient = self.recipients[email]
+        proposal = recipient.proposal
+        return dict(recipient_id=recipient.id, status=recipient.status, comment=recipient.comment,
+                    proposal_start=proposal.start if proposal else None,
+                    proposal_end=proposal.end if proposal else None, proposal_tzid=proposal.tzid if proposal else None,
+                    replied_at=self.now, last_reply_dtstamp=recipient.last_reply_dtstamp,
+                    last_reply_sequence=recipient.last_reply_sequence,
+                    needs_attention=recipient.status == RecipientStatus.DECLINED or proposal is not None)
+
+    def one_statement_values(self) -> dict:
+        """``_one_statement``'s values: the notification's, each history row's (prefixed), the
+        recipient's and the version's."""
+        values = dict(self.notification, now=self.now)
+        for index, row in enumerate(self.history):
+            values.update({f"h{index}_{name}": value for name, value in row.items()})
+        for email in dict.fromkeys(reply.email for reply in self.applied):
+            values.update(self.recipient_values(email))
+        return values
+
+    def recorded(self, notification_id: int | None) -> ApplyResult:
+        """The outcome, once the notification's row was (or, already there, was not) inserted."""
+        if notification_id is None:  # this delivery was recorded before (or just now, by another transaction)
+            return ApplyResult(NotificationOutcome.DUPLICATE, None, None, "already received")
+        self.result.notification_id = notification_id
+        return self.result
+
+
+def _decide(payload: dict, *, source: NotificationSource, raw: bytes | str | None = None,
+            dedupe_key: str | None = None, dtstamp: datetime | None = None, sequence: int | None = None,
+            preloaded: Preloaded | None = None, connection: Connection) -> _Plan:
+    """Read the invite and the recipients the notification names, and decide what it changes."""
     body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or json.dumps(payload, sort_keys=True))
     key = dedupe_key or f"{source.value}:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
     reference, replies, from_reply = parse_payload(payload)
     now = now_utc()
-    if connection is None:
-        db.session.flush()  # the caller's pending changes first: what follows is Core, on the session's connection
-        connection = db.session.connection()  # (the ORM's execute layer cost as much as these statements)
     emails = list(dict.fromkeys(reply.email for reply in replies))
     if preloaded is not None and preloaded.reference == reference and preloaded.emails == tuple(emails):
         rows = preloaded.rows
@@ -306,31 +373,61 @@ def record_notification(
         result.detail = "no recipient status in the notification"
     else:
         history, applied = _apply_replies(recipients, replies, from_reply, source, dtstamp, sequence, now, result)
+    notification = dict(source=source, dedupe_key=key, body=body, smart_invite_id=reference[:256],
+                        invite_id=invite.id if invite is not None and replies else None, outcome=result.outcome,
+                        detail=result.detail, received_at=now)
+    return _Plan(result, notification, invite, replies, recipients, history, applied, now)
 
-    notification_id = _insert_notification(connection.dialect.name).scalar(
-        connection, source=source, dedupe_key=key, body=body, smart_invite_id=reference[:256],
-        invite_id=invite.id if invite is not None and replies else None, outcome=result.outcome,
-        detail=result.detail, received_at=now)
-    if notification_id is None:  # this delivery was recorded before (or just now, by another transaction)
-        return ApplyResult(NotificationOutcome.DUPLICATE, None, None, "already received")
-    result.notification_id = notification_id
-    if invite is None or not replies:
+
+def _write(plan: _Plan, connection: Connection) -> ApplyResult:
+    """The plan's writes, one statement each, in the caller's transaction."""
+    result = plan.recorded(_insert_notification(connection.dialect.name).scalar(connection, **plan.notification))
+    if result.notification_id is None or not plan.writes_history:
         return result
-    if history:
-        _INSERT_REPLIES.execute_many(connection, [dict(row, notification_id=notification_id) for row in history])
-    for email in dict.fromkeys(reply.email for reply in applied):
-        recipient = recipients[email]
-        proposal = recipient.proposal
-        _UPDATE_RECIPIENT.execute(
-            connection, recipient_id=recipient.id, status=recipient.status, comment=recipient.comment,
-            proposal_start=proposal.start if proposal else None, proposal_end=proposal.end if proposal else None,
-            proposal_tzid=proposal.tzid if proposal else None, replied_at=now,
-            last_reply_dtstamp=recipient.last_reply_dtstamp, last_reply_sequence=recipient.last_reply_sequence,
-            needs_attention=recipient.status == RecipientStatus.DECLINED or proposal is not None)
-    _BUMP_VERSION.execute(connection, invite_id=invite.id, now=now)  # the history changed even when no status did
-    if applied and invite.callback_url:
-        _queue_callbacks(connection, invite, recipients, applied)
+    invite = plan.invite
+    if plan.history:
+        _INSERT_REPLIES.execute_many(connection, [dict(row, notification_id=result.notification_id)
+                                                  for row in plan.history])
+    for email in dict.fromkeys(reply.email for reply in plan.applied):
+        _UPDATE_RECIPIENT.execute(connection, **plan.recipient_values(email))
+    _BUMP_VERSION.execute(connection, invite_id=invite.id, now=plan.now)  # the history changed even when no status did
+    if plan.applied and invite.callback_url:
+        _queue_callbacks(connection, invite, plan.recipients, plan.applied)
     return result
+
+
+def _one_statement(dialect, plan: _Plan, update_recipient: PlainWrite, bump_version: PlainWrite) -> PlainSelect | None:
+    """PostgreSQL, for the usual notification: all of ``_write`` in one statement, which
+    commits by itself on a connection in autocommit (one round trip where ``_write`` takes six
+    with BEGIN and COMMIT). None where it does not apply: SQLite (no data-modifying WITH),
+    several recipients' statuses changed, or callbacks to queue."""
+    if dialect.name != "postgresql" or not plan.writes_history or len(plan.applied) > 1:
+        return None
+    if plan.applied and plan.invite.callback_url:
+        return None
+    return _one_statement_of(len(plan.history), update_recipient if plan.applied else None, bump_version)
+
+
+@functools.lru_cache(maxsize=16)
+def _one_statement_of(history_rows: int, update_recipient: PlainWrite | None, bump_version: PlainWrite) -> PlainSelect:
+    """INSERT the notification (ON CONFLICT DO NOTHING RETURNING id) in a WITH, and, each only
+    if that inserted a row, the history rows, the recipient's UPDATE and the version's: all
+    or nothing, and nothing for a repeated delivery. Its id, or no row for a repeat."""
+    notification = _insert_notification("postgresql").statement.cte("notification")
+    recorded = exists(select(notification.c.id))
+    replies = Reply.__table__
+    rows = [select(*(notification.c.id if name == "notification_id"
+                     else bindparam(f"h{index}_{name}", type_=replies.c[name].type) for name in _REPLY_COLUMNS))
+            for index in range(history_rows)]
+    ctes = []
+    if rows:
+        ctes.append(insert(replies).from_select(_REPLY_COLUMNS, rows[0] if len(rows) == 1 else union_all(*rows))
+                    .cte("history"))
+    if update_recipient is not None:
+        ctes.append(update_recipient.statement.where(recorded).cte("recipient"))
+    # Its invite_id is the notification's (this statement is only for notifications with replies).
+    ctes.append(bump_version.statement.where(recorded).cte("version"))
+    return PlainSelect(select(notification.c.id).add_cte(*ctes))
 
 
 def _apply_replies(recipients: dict[str, _Recipient], replies: list[StatusReply], from_reply: bool,
