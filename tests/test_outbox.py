@@ -158,7 +158,7 @@ def test_slow_worker_does_not_send_a_row_another_worker_took_over(app, inbox):
 
     thread = threading.Thread(target=fast_worker)
     thread.start()
-    assert fast_sending.wait(timeout=20)
+    assert fast_sending.wait(timeout=20), errors
     try:
         outbox.deliver_claimed(slow, _deliverers(app))
     finally:
@@ -369,3 +369,31 @@ def test_queue_email_writes_in_the_callers_transaction(app):
     outbox.queue_email(invite, invite.recipient(ANN), ITipMethod.REQUEST)
     db.session.rollback()  # the change that caused it is rolled back: so is the email
     assert db.session.scalar(select(func.count()).select_from(OutboxMessage)) == count
+
+
+def test_on_postgresql_a_delivered_row_is_two_statements_and_no_transaction(app, inbox, monkeypatch):
+    """Per row, the invite read and one statement recording the outcome, the invite's version
+    and the next row's lease, each committing by itself: two round trips, where the session's
+    pre-ping, BEGIN, four statements and COMMIT took seven. What each row records is the same."""
+    import psycopg
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite statements cost no round trip")
+    invite = make_invite(emails=(ANN, BOB, CAT))
+    version = invite.version
+    claimed = outbox.claim(10, "w1", 300)
+    sent: list[str] = []
+    execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
+    monkeypatch.setattr(psycopg.Cursor, "execute", lambda self, query, *a, **kw: (
+        sent.append(str(query).split(None, 1)[0]), execute(self, query, *a, **kw))[1])
+    monkeypatch.setattr(psycopg.Connection, "commit", lambda self: (sent.append("COMMIT"), commit(self))[1])
+    stats = outbox.deliver_claimed(claimed, _deliverers(app))
+    monkeypatch.undo()
+    db.session.remove()
+
+    assert stats.sent == 3 and len(inbox.messages) == 3
+    # The batch's rows, the first row's lease, then per row: the invite, and the outcome.
+    assert sent == ["SELECT", "UPDATE", *["SELECT", "WITH"] * 3]
+    assert [(m.state, m.claimed_by, m.lease_until is None, m.transport) for m in _messages()] == [
+        (OutboxState.SENT, None, True, "smtp")] * 3
+    assert _version(invite.id) == version + 3

@@ -16,8 +16,11 @@ from .outbox import Outcome
 CATCHER = "catcher"
 
 # The invite as it stands, with all its recipients (the ICS lists them) in one query,
-# built once; the email's recipient then comes from the session.
-_INVITE = select(Invite).where(Invite.id == bindparam("invite_id")).options(joinedload(Invite.recipients))
+# built once; the email's recipient then comes from the session. As it stands now, even
+# when the session loaded it before (on PostgreSQL a batch runs in one session transaction,
+# in autocommit: outbox.deliver_claimed).
+_INVITE = (select(Invite).where(Invite.id == bindparam("invite_id")).options(joinedload(Invite.recipients))
+           .execution_options(populate_existing=True))
 
 
 class EmailDeliverer:
