@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -223,6 +224,19 @@ class Invite(db.Model):
     def recipient(self, email: str) -> "Recipient | None":
         email = email.strip().lower()
         return next((r for r in self.recipients if r.email == email), None)
+
+
+class InviteTotal(db.Model):
+    """How many invites there are: one row, kept by database triggers on ``invites`` (see the
+    migration ``d7a2c5e9b013``), so the invites list need not count them all on every page
+    (a full scan: 1.3-1.5 ms of PostgreSQL's time per page at 10,000 invites). When the row is
+    missing (the table was emptied), ``services.invites.invite_total`` counts and stores it
+    again with writers held off."""
+
+    __tablename__ = "invite_totals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    invites: Mapped[int] = mapped_column(BigInteger)
 
 
 class Recipient(db.Model):

@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import and_, bindparam, case, exists, func, insert, or_, select, text, true
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
 from ..domain import EventData, InviteSource, InviteStatus, ITipMethod, RecipientStatus
 from ..extensions import db
-from ..models import ApiClient, Invite, Recipient, User, UtcDateTime, now_utc
+from ..models import ApiClient, Invite, InviteTotal, Recipient, User, UtcDateTime, now_utc
 from ..plain_sql import PlainSelect, read_together
 from . import outbox, providers
 
@@ -574,7 +574,11 @@ def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 2
         # The upcoming and the past ones are read separately, each in the order of the index
         # ix_invites_start_end: sorting on "is it past?" first would sort every invite.
         first = queries.past if status == ListFilter.PAST else queries.upcoming
-    counted, rows, attention = read_together((queries.count, params), (first, params), (_ATTENTION_COUNT, {}))
+    # Every invite, the page most opened: the total the triggers keep (one row), not a count.
+    everything = not q and status == ListFilter.ALL
+    counted, rows, attention = read_together((_TOTAL if everything else queries.count, params), (first, params),
+                                             (_ATTENTION_COUNT, {}))
+    total = counted[0][0] if counted else _count_invites_again()
     if not q and status not in (ListFilter.UPCOMING, ListFilter.PAST) and len(rows) < per_page:
         if rows:  # the upcoming ones end on this page
             past_offset = 0
@@ -587,7 +591,38 @@ def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 2
                    api_client, int(accepted), int(declined), int(tentative), int(pending), int(needing))
          for (invite_id, reference, summary, start, end, tzid, status, api_client, accepted, declined, tentative,
               pending, needing) in rows],
-        counted[0][0] or 0, attention[0][0] or 0)
+        total or 0, attention[0][0] or 0)
+
+
+_TOTAL = PlainSelect(select(InviteTotal.invites).where(InviteTotal.id == 1))
+
+
+def invite_total() -> int:
+    """How many invites there are: the row the database's triggers keep (migration
+    d7a2c5e9b013), counted again and stored when it is missing."""
+    total = _TOTAL.read_scalar()
+    return _count_invites_again() if total is None else total
+
+
+def _count_invites_again() -> int:
+    """Count the invites and store the total (its row was missing: the table was emptied).
+
+    With writers held off while counting: on PostgreSQL a SHARE lock on ``invites`` (it waits
+    for transactions adding or deleting invites, whose triggers found no row to update, to
+    commit, and keeps new ones out until this commits); on SQLite the INSERT's write lock.
+    Should the lock not come within two seconds, the count is returned and not stored."""
+    with db.engine.connect() as connection:
+        try:
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SET LOCAL lock_timeout = '2s'"))
+                    connection.execute(text("LOCK TABLE invites IN SHARE MODE"))
+                # "WHERE true": SQLite's parser needs it before ON CONFLICT in INSERT ... SELECT.
+                connection.execute(text("INSERT INTO invite_totals (id, invites) SELECT 1, count(*) FROM invites "
+                                        "WHERE true ON CONFLICT (id) DO NOTHING"))
+                return connection.scalar(select(InviteTotal.invites).where(InviteTotal.id == 1))
+        except OperationalError:  # the lock did not come (e.g. a long import still running)
+            return connection.scalar(select(func.count()).select_from(Invite))
 
 
 def get_by_reference(reference: str) -> Invite | None:
