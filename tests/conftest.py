@@ -17,7 +17,7 @@ from smart_invites_ui import create_app
 from smart_invites_ui.domain import EventData, InviteSource
 from smart_invites_ui.extensions import db
 from smart_invites_ui.models import Role
-from smart_invites_ui.plain_sql import dispose_reads
+from smart_invites_ui.plain_sql import dispose_reads, read_engine
 from smart_invites_ui.services import invites as invite_service
 from smart_invites_ui.services import users as user_service
 
@@ -187,6 +187,39 @@ class SmtpSink:
 
     def parsed(self):
         return [message_from_bytes(raw, policy=default_policy) for _, _, raw in self.messages]
+
+
+@pytest.fixture
+def statements_sent(app, monkeypatch):
+    """On PostgreSQL, a function that runs ``action`` and returns the first word of each
+    statement psycopg sent meanwhile, and "COMMIT" for each commit (round trips to the server
+    are what the one-statement paths save). Skips the test on SQLite."""
+    if app.extensions["sqlalchemy"].engine.dialect.name != "postgresql":
+        pytest.skip("SQLite statements cost no round trip")
+    import psycopg
+
+    with read_engine(app).connect():  # connected (the driver's first queries) before anything is counted
+        pass
+
+    def during(action) -> list[str]:
+        sent: list[str] = []
+        execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
+
+        def recorded_execute(cursor, query, *args, **kwargs):
+            sent.append(str(query).split(None, 1)[0])
+            return execute(cursor, query, *args, **kwargs)
+
+        def recorded_commit(connection):
+            sent.append("COMMIT")
+            return commit(connection)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(psycopg.Cursor, "execute", recorded_execute)
+            patch.setattr(psycopg.Connection, "commit", recorded_commit)
+            action()
+        return sent
+
+    return during
 
 
 @pytest.fixture

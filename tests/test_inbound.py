@@ -394,6 +394,7 @@ def test_a_processing_failure_is_recorded_not_raised(client, inbound, monkeypatc
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(replies, "record_notification", broken)
+    monkeypatch.setattr(replies, "decide", broken)  # PostgreSQL's one-statement path reads with it first
     response = post(client, reply_to(invite))
 
     assert response.status_code == 200
@@ -416,8 +417,28 @@ def test_a_reply_email_is_stored_and_applied_in_one_transaction(client, inbound)
         event.remove(db.engine, "commit", count)
 
     assert response.json["outcome"] == "applied"
-    assert len(commits) == 1
+    # PostgreSQL: one statement, in autocommit (next test); SQLite: one transaction.
+    assert len(commits) == (0 if db.engine.dialect.name == "postgresql" else 1)
     assert stored()[0].outcome == InboundOutcome.APPLIED
+
+
+def test_on_postgresql_a_reply_email_is_two_statements_and_no_transaction(client, inbound, statements_sent):
+    """The invite read, then the reply recorded and the message stored in one statement that
+    commits by itself, where the session's pre-ping, BEGIN, six statements and COMMIT took
+    nine. The same email again is stored as a duplicate (the usual path)."""
+    invite = make_invite()
+    raw, responses = reply_to(invite), []
+    sent = statements_sent(lambda: responses.append(post(client, raw)))
+
+    assert responses[0].json["outcome"] == "applied"
+    assert sent == ["SELECT", "WITH"]
+    [message] = stored()
+    assert (message.outcome, message.invite_id, message.attempts) == (InboundOutcome.APPLIED, invite.id, 1)
+    assert message.from_address == "ann@example.org" and message.raw == raw
+    assert fresh(invite).recipient("ann@example.org").status == RecipientStatus.ACCEPTED
+    again = post(client, raw)
+    assert again.json["outcome"] == "duplicate"
+    assert [m.outcome for m in stored()] == [InboundOutcome.APPLIED, InboundOutcome.DUPLICATE]
 
 
 def test_a_message_that_cannot_be_stored_with_its_outcome_applies_nothing(client, inbound, monkeypatch):
@@ -433,7 +454,15 @@ def test_a_message_that_cannot_be_stored_with_its_outcome_applies_nothing(client
             raise RuntimeError("the disk is full")
         return insert_values(*args, **kwargs)
 
+    def refused_by_the_database(notification):  # PostgreSQL's one statement: its message has no raw bytes
+        from sqlalchemy import insert, null
+
+        table = InboundMessage.__table__
+        return (insert(table).from_select(["raw"], select(null()).select_from(notification))
+                .returning(table.c.id).cte("message"))
+
     monkeypatch.setattr(replies, "_insert_values", fails_once)
+    monkeypatch.setattr(replies, "_store_message_too", refused_by_the_database)
     response = post(client, reply_to(invite))
 
     assert response.status_code == 200

@@ -371,27 +371,18 @@ def test_queue_email_writes_in_the_callers_transaction(app):
     assert db.session.scalar(select(func.count()).select_from(OutboxMessage)) == count
 
 
-def test_on_postgresql_a_delivered_row_is_two_statements_and_no_transaction(app, inbox, monkeypatch):
+def test_on_postgresql_a_delivered_row_is_two_statements_and_no_transaction(app, inbox, statements_sent):
     """Per row, the invite read and one statement recording the outcome, the invite's version
     and the next row's lease, each committing by itself: two round trips, where the session's
     pre-ping, BEGIN, four statements and COMMIT took seven. What each row records is the same."""
-    import psycopg
-
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite statements cost no round trip")
     invite = make_invite(emails=(ANN, BOB, CAT))
     version = invite.version
     claimed = outbox.claim(10, "w1", 300)
-    sent: list[str] = []
-    execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
-    monkeypatch.setattr(psycopg.Cursor, "execute", lambda self, query, *a, **kw: (
-        sent.append(str(query).split(None, 1)[0]), execute(self, query, *a, **kw))[1])
-    monkeypatch.setattr(psycopg.Connection, "commit", lambda self: (sent.append("COMMIT"), commit(self))[1])
-    stats = outbox.deliver_claimed(claimed, _deliverers(app))
-    monkeypatch.undo()
+    stats = []
+    sent = statements_sent(lambda: stats.append(outbox.deliver_claimed(claimed, _deliverers(app))))
     db.session.remove()
 
-    assert stats.sent == 3 and len(inbox.messages) == 3
+    assert stats[0].sent == 3 and len(inbox.messages) == 3
     # The batch's rows, the first row's lease, then per row: the invite, and the outcome.
     assert sent == ["SELECT", "UPDATE", *["SELECT", "WITH"] * 3]
     assert [(m.state, m.claimed_by, m.lease_until is None, m.transport) for m in _messages()] == [

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, exists, insert, select, union_all, update
+from sqlalchemy import bindparam, exists, insert, select, true, union_all, update
 from sqlalchemy.engine import Connection
 
 from ..api.schema import parse_event_time, proposal_json
@@ -396,7 +396,24 @@ def _write(plan: _Plan, connection: Connection) -> ApplyResult:
     return result
 
 
-def _one_statement(dialect, plan: _Plan, update_recipient: PlainWrite, bump_version: PlainWrite) -> PlainSelect | None:
+def decide(payload: dict, *, connection: Connection, **options) -> _Plan:
+    """What ``record_notification(payload, **options)`` would write, read on ``connection``
+    and not written: for :func:`in_one_statement`."""
+    return _decide(payload, connection=connection, **options)
+
+
+def in_one_statement(dialect, plan: _Plan, also=None) -> PlainSelect | None:
+    """``plan``'s writes as one statement (``_one_statement``), with ``also``'s too: a function
+    of the notification's CTE that returns one more data-modifying CTE with ``RETURNING id``,
+    which must write only if the notification is new (select FROM it). Its row: the
+    notification's id, then that id; no row for a repeated delivery (nothing written).
+    Run it with ``plan.one_statement_values()`` and ``also``'s values. None where it does not
+    apply (SQLite; several statuses changed; callbacks to queue)."""
+    return _one_statement(dialect, plan, _UPDATE_RECIPIENT, _BUMP_VERSION, also)
+
+
+def _one_statement(dialect, plan: _Plan, update_recipient: PlainWrite, bump_version: PlainWrite,
+                   also=None) -> PlainSelect | None:
     """PostgreSQL, for the usual notification: all of ``_write`` in one statement, which
     commits by itself on a connection in autocommit (one round trip where ``_write`` takes six
     with BEGIN and COMMIT). None where it does not apply: SQLite (no data-modifying WITH),
@@ -405,11 +422,12 @@ def _one_statement(dialect, plan: _Plan, update_recipient: PlainWrite, bump_vers
         return None
     if plan.applied and plan.invite.callback_url:
         return None
-    return _one_statement_of(len(plan.history), update_recipient if plan.applied else None, bump_version)
+    return _one_statement_of(len(plan.history), update_recipient if plan.applied else None, bump_version, also)
 
 
 @functools.lru_cache(maxsize=16)
-def _one_statement_of(history_rows: int, update_recipient: PlainWrite | None, bump_version: PlainWrite) -> PlainSelect:
+def _one_statement_of(history_rows: int, update_recipient: PlainWrite | None, bump_version: PlainWrite,
+                      also=None) -> PlainSelect:
     """INSERT the notification (ON CONFLICT DO NOTHING RETURNING id) in a WITH, and, each only
     if that inserted a row, the history rows, the recipient's UPDATE and the version's: all
     or nothing, and nothing for a repeated delivery. Its id, or no row for a repeat."""
@@ -427,7 +445,11 @@ def _one_statement_of(history_rows: int, update_recipient: PlainWrite | None, bu
         ctes.append(update_recipient.statement.where(recorded).cte("recipient"))
     # Its invite_id is the notification's (this statement is only for notifications with replies).
     ctes.append(bump_version.statement.where(recorded).cte("version"))
-    return PlainSelect(select(notification.c.id).add_cte(*ctes))
+    if also is None:
+        return PlainSelect(select(notification.c.id).add_cte(*ctes))
+    extra = also(notification)
+    return PlainSelect(select(notification.c.id, extra.c.id.label("also_id"))
+                       .select_from(notification.join(extra, true())).add_cte(*ctes, extra))
 
 
 def _apply_replies(recipients: dict[str, _Recipient], replies: list[StatusReply], from_reply: bool,

@@ -30,9 +30,10 @@ from ..domain import Proposal, RecipientStatus
 from ..extensions import db
 from ..models import (InboundMessage, InboundOutcome, Invite, NotificationOutcome, NotificationSource, Recipient,
                       now_utc)
-from ..plain_sql import PlainSelect
+from ..plain_sql import PlainSelect, read_engine
 from .itip import ParsedMessage, ParsedReply, ParseError, build_reply_email, parse_message
-from .notifications import APPLY_COLUMNS, Preloaded, record_notification, recipients_named
+from .notifications import (APPLY_COLUMNS, ApplyResult, Preloaded, decide, in_one_statement,
+                            record_notification, recipients_named)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,13 @@ def receive(raw: bytes, source: str) -> Received:
     raw = bytes(raw)
     if len(raw) > INLINE_PROCESS_BYTES:
         return Received(_insert(raw, source, claim=False), InboundOutcome.RECEIVED)
+    try:
+        received = _receive_in_one_statement(raw, source)
+    except Exception:  # nothing was written: the usual path reads it again, and records what fails
+        log.exception("an inbound message could not be applied in one statement")
+        received = None
+    if received is not None:
+        return received
     try:
         message_id, result = _store_processed(raw, source, _process(raw))
         db.session.commit()
@@ -306,14 +314,21 @@ def _process(raw: bytes) -> _Result:
         parsed = parse_message(raw, current_app.config["MAIL_FROM"].address)
     except ParseError as exc:
         return _Result(InboundOutcome.ERROR, str(exc), headers=_headers(raw))
-    headers = {key: value for key, value in (("message_id", _text(parsed.message_id)[:998]),
-                                             ("from_address", _text(parsed.from_address)[:_MAX_EMAIL]),
-                                             ("subject", _text(parsed.subject)[:998])) if value}
-    identity = parsed.message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+    identity = _identity(parsed, raw)
     results = [_apply(parsed, reply, identity) for reply in parsed.replies if reply.method in _CHANGING_METHODS]
     ignored_methods = dict.fromkeys(reply.method for reply in parsed.replies if reply.method not in _CHANGING_METHODS)
     results += [_Result(InboundOutcome.IGNORED, _ignored_method(method)) for method in ignored_methods]
-    return replace(_combine(results), headers=headers)
+    return replace(_combine(results), headers=_parsed_headers(parsed))
+
+
+def _identity(parsed: ParsedMessage, raw: bytes) -> str:
+    return parsed.message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _parsed_headers(parsed: ParsedMessage) -> dict:
+    return {key: value for key, value in (("message_id", _text(parsed.message_id)[:998]),
+                                          ("from_address", _text(parsed.from_address)[:_MAX_EMAIL]),
+                                          ("subject", _text(parsed.subject)[:998])) if value}
 
 
 def _ignored_method(method: str) -> str:
@@ -331,11 +346,23 @@ def _combine(results: list[_Result]) -> _Result:
     return _Result(best.outcome, "; ".join(reasons), invite_id)
 
 
-def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str) -> _Result:
-    """Record one reply through the one path of ``apply_notification`` (not committed)."""
+@dataclass(frozen=True)
+class _Matched:
+    """One reply, matched to its invite and ready to record."""
+
+    invite: _Match
+    email: str
+    answer: str  # what it says, in words
+    note: str  # how it was matched, when that is worth saying
+    payload: dict  # the notification, in Cronofy's shape
+    options: dict  # record_notification's other arguments
+
+
+def _match(parsed: ParsedMessage, reply: ParsedReply, identity: str, connection) -> _Matched | _Result:
+    """The reply's invite, read on ``connection``; or, when it cannot be recorded, what came of it."""
     email = _text(reply.attendee_email).lower()
     usable = bool(email) and len(email) <= _MAX_EMAIL
-    invite, note = _find_invite(reply.uid, parsed.tokens, email if usable else None)
+    invite, note = _find_invite(reply.uid, parsed.tokens, email if usable else None, connection)
     if invite is None:
         return _Result(InboundOutcome.UNMATCHED, note)
     if not usable:
@@ -344,9 +371,22 @@ def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str) -> _Result:
         reply.status.value if reply.status else f"PARTSTAT {reply.partstat or 'missing'}")
     payload = {"notification": {"type": "smart_invite"},
                "smart_invite": {"smart_invite_id": invite.smart_invite_id, "reply": _reply_json(reply, email)}}
-    result = record_notification(payload, source=NotificationSource.EMAIL, dedupe_key=_dedupe_key(identity, reply),
-                                 dtstamp=reply.dtstamp, sequence=reply.sequence,
-                                 preloaded=Preloaded(invite.smart_invite_id, (email,), invite.rows))
+    return _Matched(invite, email, answer, note, payload, dict(
+        source=NotificationSource.EMAIL, dedupe_key=_dedupe_key(identity, reply), dtstamp=reply.dtstamp,
+        sequence=reply.sequence, preloaded=Preloaded(invite.smart_invite_id, (email,), invite.rows)))
+
+
+def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str) -> _Result:
+    """Record one reply through the one path of ``apply_notification`` (not committed)."""
+    matched = _match(parsed, reply, identity, db.session.connection())
+    if isinstance(matched, _Result):
+        return matched
+    return _told(matched, record_notification(matched.payload, **matched.options))
+
+
+def _told(matched: _Matched, result: ApplyResult) -> _Result:
+    """What recording ``matched`` came to, as the message's outcome says it."""
+    email, answer = matched.email, matched.answer
     if result.outcome == NotificationOutcome.APPLIED:
         text = f"{email} {answer}"
     elif result.outcome == NotificationOutcome.DUPLICATE:
@@ -355,7 +395,58 @@ def _apply(parsed: ParsedMessage, reply: ParsedReply, identity: str) -> _Result:
         text = f"{email} is not invited: recorded in the reply history, no status changed"
     else:
         text = result.detail or f"{email} {answer}: nothing to change"
-    return _Result(_BY_NOTIFICATION_OUTCOME[result.outcome], "; ".join(filter(None, (text, note))), invite.id)
+    return _Result(_BY_NOTIFICATION_OUTCOME[result.outcome], "; ".join(filter(None, (text, matched.note))),
+                   matched.invite.id)
+
+
+# What storing a message writes when its reply is recorded in the same statement: every column
+# (no column default is applied there), each value a parameter named after it with "message_".
+_MESSAGE_COLUMNS = ("raw", "raw_sha256", "source", "message_id", "from_address", "subject", "invite_id", "outcome",
+                    "reason", "received_at", "processed_at", "attempts")
+
+
+def _store_message_too(notification):
+    """``in_one_statement``'s ``also``: the message INSERTed only if its reply's notification is new."""
+    table = InboundMessage.__table__
+    values = select(*(bindparam(f"message_{name}", type_=table.c[name].type) for name in _MESSAGE_COLUMNS))
+    return (insert(table).from_select(_MESSAGE_COLUMNS, values.select_from(notification))
+            .returning(table.c.id).cte("message"))
+
+
+def _receive_in_one_statement(raw: bytes, source: str) -> Received | None:
+    """PostgreSQL, the usual message (one reply, to an invite found, recorded as new): the
+    invite read, then the reply recorded and the message stored in one statement, which
+    commits by itself: two round trips where the session's transaction took eight. None,
+    having written nothing, for any other message (a repeat included), which ``receive``
+    then handles as usual."""
+    engine = read_engine()
+    if engine.dialect.name != "postgresql" or source not in SOURCES:
+        return None
+    try:
+        parsed = parse_message(raw, current_app.config["MAIL_FROM"].address)
+    except ParseError:
+        return None
+    if len(parsed.replies) != 1 or parsed.replies[0].method not in _CHANGING_METHODS:
+        return None
+    with engine.connect() as connection:  # in autocommit
+        matched = _match(parsed, parsed.replies[0], _identity(parsed, raw), connection)
+        if isinstance(matched, _Result):
+            return None
+        plan = decide(matched.payload, connection=connection, **matched.options)
+        statement = in_one_statement(connection.dialect, plan, also=_store_message_too)
+        if statement is None:
+            return None
+        result, values = _outcome_values(replace(_told(matched, plan.result), headers=_parsed_headers(parsed)))
+        values = dict({"message_id": "", "from_address": "", "subject": "", "invite_id": None}, **values,
+                      raw=raw, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source, received_at=now_utc(),
+                      attempts=1)
+        row = statement.first(connection, **plan.one_statement_values(),
+                              **{f"message_{name}": values[name] for name in _MESSAGE_COLUMNS})
+    if row is None:  # already received: nothing was written
+        return None
+    if db.session.registry.has():
+        db.session.expire_all()  # as a commit of the session's own would have
+    return Received(row.also_id, result.outcome, result.reason)
 
 
 def _reply_json(reply: ParsedReply, email: str) -> dict:
@@ -406,7 +497,7 @@ class _Match:
     rows: tuple = field(compare=False)  # its APPLY_COLUMNS rows, for the recipient who replied
 
 
-def _find_invite(uid: str, tokens: tuple[str, ...], email: str | None) -> tuple[_Match | None, str]:
+def _find_invite(uid: str, tokens: tuple[str, ...], email: str | None, connection) -> tuple[_Match | None, str]:
     """The invite a reply is about, by its UID and the token of the address it was sent to,
     with the recipient ``email`` if it has one.
 
@@ -418,8 +509,7 @@ def _find_invite(uid: str, tokens: tuple[str, ...], email: str | None) -> tuple[
     if uids or wanted:
         values = {"uid": uid if uids else None, "uid_lower": uid.lower() if uids else None,  # NULL matches nothing
                   "email": email}
-        connection = db.session.connection()  # the ORM's execute layer costs more than the query
-        if len(wanted) <= 1:
+        if len(wanted) <= 1:  # (a PlainSelect: the ORM's execute layer costs more than the query)
             found = _FIND_BY_UID_OR_TOKEN.all(connection, **values, token=next(iter(wanted), None))
         else:
             found = connection.execute(_FIND_BY_UID_OR_TOKENS, {**values, "tokens": list(wanted)}).all()
