@@ -388,3 +388,26 @@ def test_on_postgresql_a_delivered_row_is_two_statements_and_no_transaction(app,
     assert [(m.state, m.claimed_by, m.lease_until is None, m.transport) for m in _messages()] == [
         (OutboxState.SENT, None, True, "smtp")] * 3
     assert _version(invite.id) == version + 3
+
+
+def test_on_postgresql_a_deliverer_that_commits_mid_batch_fails_loudly(app, inbox):
+    """The autocommit batch writes on the connection it took: a deliverer that commits the
+    session lets that connection go, and the next write raises instead of landing in a
+    transaction nobody commits (the row stays claimed and goes again after its lease)."""
+    from sqlalchemy.exc import ResourceClosedError
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the autocommit batch is PostgreSQL's")
+    make_invite(emails=(ANN,))
+    claimed = outbox.claim(10, "w1", 300)
+    send = _deliverers(app)[OutboxKind.EMAIL]
+
+    def send_and_commit(message):
+        outcome = send(message)
+        db.session.commit()
+        return outcome
+
+    with pytest.raises(ResourceClosedError):
+        outbox.deliver_claimed(claimed, {OutboxKind.EMAIL: send_and_commit})
+    db.session.remove()
+    assert [m.state for m in _messages()] == [OutboxState.SENDING]

@@ -314,8 +314,10 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
     ours = [OutboxMessage.claimed_by == claimed.token] if claimed is not None else []
     # (Not inside a caller's transaction: its changes would stay uncommitted.)
     in_one_statement = db.session.get_bind().dialect.name == "postgresql" and not db.session().in_transaction()
-    if in_one_statement:
-        db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})  # reset when the batch ends
+    if in_one_statement:  # (its isolation level is reset when the session lets the connection go)
+        # Held for the batch: should anything commit the session meanwhile, writing on it fails
+        # loudly instead of landing in a transaction nobody commits.
+        autocommit = db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     # The rows in one query. While the claim holds, only this loop writes them; the
     # lease renewal just before each one says whether it still does.
     rows = {row.id: row for row in db.session.execute(select(_outbox).where(_outbox.c.id.in_(ids)))}
@@ -353,7 +355,7 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
             statement = _record_in_one_statement(tuple(columns), message.invite_id is not None, next_id is not None)
             values = {f"set_{name}": value for name, value in columns.items()}
             now = now_utc()
-            returned = statement.scalar(db.session.connection(), message_id=message.id, invite_id=message.invite_id,
+            returned = statement.scalar(autocommit, message_id=message.id, invite_id=message.invite_id,
                                         now=now, next_id=next_id, token=claimed.token if claimed else None,
                                         until=now + timedelta(seconds=claimed.lease_seconds) if claimed else None,
                                         **values)
