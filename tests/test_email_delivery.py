@@ -639,6 +639,22 @@ def test_internationalised_domain_is_delivered_in_its_ascii_form(app, inbox, del
     assert email.cal["attendees"] == ["mailto:ann@bücher.example", f"mailto:{BOB}"]
 
 
+def test_a_clinic_whose_own_domain_is_internationalised_can_send(app, inbox, deliver):
+    """MAIL_FROM at an internationalised domain: the From, the envelope and the Message-ID
+    carry its ASCII form. The Message-ID made the email package raise for every email."""
+    from smart_invites_ui.config import MailFrom
+
+    app.config["MAIL_FROM"] = MailFrom("einladungen", "praxis-müller.example")
+    make_invite(emails=(BOB,))
+    deliver()
+    [email] = inbox.take_by_recipient().values()
+
+    assert email.raw.isascii()
+    assert email.msg["Message-ID"].endswith("@xn--praxis-mller-klb.example>")
+    assert email.msg["From"].addresses[0].domain == "xn--praxis-mller-klb.example"
+    assert [m.state for m in db.session.scalars(select(OutboxMessage))] == [OutboxState.SENT]
+
+
 def test_unsendable_address_fails_alone_with_a_reason(app, inbox, deliver):
     """A non-ASCII mailbox name needs SMTPUTF8: that one email fails for good and says
     why, and the others in the same batch still go out."""

@@ -9,7 +9,7 @@ from email import message_from_bytes
 from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP, default
-from email.utils import make_msgid
+from email.utils import format_datetime, make_msgid
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
 
@@ -77,6 +77,12 @@ def ascii_address(address: str) -> str:
     except idna.IDNAError as exc:
         raise DeliveryError(f"{address}: the domain cannot be written in ASCII ({exc})", permanent=True) from exc
     return f"{local}@{domain}"
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_domain(domain: str) -> str:
+    """A domain as a Message-ID carries it: an internationalised one in its punycode form."""
+    return ascii_address(f"postmaster@{domain}").rpartition("@")[2]
 
 
 def mailbox(header: str, name: str, address: str) -> Address:
@@ -152,11 +158,14 @@ def address(shared: bytes, *, to_email: str, to_name: str, message_id_domain: st
     package builds and flattens the rest once for every recipient it is the same for."""
     own = EmailMessage(policy=POLICY)
     own["To"] = mailbox("To", to_name, to_email)
-    own["Date"] = datetime.now(timezone.utc)  # the header formats it (RFC 5322)
-    own["Message-ID"] = make_msgid(domain=message_id_domain)
     # Flattened alone, header fields end with the empty line that starts a body; ``shared``
-    # begins with the other header fields, so that line comes after them instead.
-    return as_bytes(own).removesuffix(b"\r\n") + shared
+    # begins with the other header fields, so that line comes after them instead. The Date
+    # (RFC 5322's format, as the email package writes it) and the Message-ID are short ASCII
+    # lines made by the email package's own functions: setting them as header objects had the
+    # package parse both again, a third of what each recipient's part of the email cost.
+    own_lines = (f"Date: {format_datetime(datetime.now(timezone.utc))}\r\n"
+                 f"Message-ID: {make_msgid(domain=_ascii_domain(message_id_domain))}\r\n").encode("ascii")
+    return as_bytes(own).removesuffix(b"\r\n") + own_lines + shared
 
 
 class DeliveryError(Exception):
