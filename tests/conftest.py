@@ -194,7 +194,7 @@ def statements_sent(app, monkeypatch):
     """On PostgreSQL, a function that runs ``action`` and returns the first word of each
     statement psycopg sent meanwhile, and "COMMIT" for each commit (round trips to the server
     are what the one-statement paths save). Skips the test on SQLite."""
-    if app.extensions["sqlalchemy"].engine.dialect.name != "postgresql":
+    if db.engine.dialect.name != "postgresql":
         pytest.skip("SQLite statements cost no round trip")
     import psycopg
 
