@@ -181,14 +181,15 @@ def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
 _outbox = OutboxMessage.__table__
 _RENEW_LEASE = (
     _outbox.update()
-    .where(_outbox.c.id == bindparam("message_id"), _outbox.c.claimed_by == bindparam("token"),
+    .where(_outbox.c.id == bindparam("leased_id"), _outbox.c.claimed_by == bindparam("token"),
            _outbox.c.state == OutboxState.SENDING)
     .values(lease_until=bindparam("until"))
 )
 # The SET clause is made of the columns given when it runs.
 _RECORD = _outbox.update().where(_outbox.c.id == bindparam("message_id"))
 _invites = Invite.__table__
-_BUMP_VERSION = _invites.update().where(_invites.c.id == bindparam("invite_id")).values(version=_invites.c.version + 1)
+_BUMP_VERSION = _invites.update().where(_invites.c.id == bindparam("invite_id")).values(
+    version=_invites.c.version + 1, updated_at=bindparam("now"))
 
 
 def _still_ours(message_id: int, claimed: Claim, *, commit: bool = True) -> bool:
@@ -196,7 +197,7 @@ def _still_ours(message_id: int, claimed: Claim, *, commit: bool = True) -> bool
     lease (a slow SMTP server); a row another worker has taken over since is theirs.
     ``commit=False`` folds the renewal into the transaction recording the previous row."""
     result = db.session.execute(_RENEW_LEASE, {
-        "message_id": message_id, "token": claimed.token,
+        "leased_id": message_id, "token": claimed.token,
         "until": now_utc() + timedelta(seconds=claimed.lease_seconds),
     })
     if commit:
@@ -233,7 +234,7 @@ class DeliveryStats:
 
 def _bump_invite_version(invite_id: int | None) -> None:
     if invite_id is not None:
-        db.session.execute(_BUMP_VERSION, {"invite_id": invite_id})
+        db.session.execute(_BUMP_VERSION, {"invite_id": invite_id, "now": now_utc()})
 
 
 def _record(message: Row, **columns) -> None:
@@ -261,14 +262,6 @@ def outcome_columns(message: Row, outcome: Outcome, *, max_attempts: int,
     return "failed", columns
 
 
-def finish(message: Row, outcome: Outcome, *, max_attempts: int, give_up_at: datetime | None = None) -> str:
-    """Record a delivery attempt's outcome on ``message`` (the caller commits)."""
-    result, columns = outcome_columns(message, outcome, max_attempts=max_attempts, give_up_at=give_up_at)
-    _record(message, **columns)
-    _bump_invite_version(message.invite_id)
-    return result
-
-
 # A deliverer gets the claimed row as read at the start of the batch (a read-only
 # ``Row`` with the table's columns as attributes) and reports an Outcome.
 Deliverer = Callable[[Row], Outcome]
@@ -280,17 +273,13 @@ def _record_in_one_statement(columns: tuple[str, ...], bump: bool, renew: bool) 
     row's lease (``renew``) in one statement, which commits by itself on a connection in
     autocommit: one round trip where the session took five (the pre-ping at checkout, BEGIN,
     three statements and COMMIT). Returns the next row's id while it is still ours."""
-    record = (_outbox.update().where(_outbox.c.id == bindparam("message_id"))
-              .values({name: bindparam(f"set_{name}", type_=_outbox.c[name].type) for name in columns}))
-    ctes = []
-    if bump:
-        ctes.append(_invites.update().where(_invites.c.id == bindparam("invite_id"))
-                    .values(version=_invites.c.version + 1, updated_at=bindparam("now")).cte("version"))
+    # The session path's statements (``_RECORD``, ``_BUMP_VERSION``, ``_RENEW_LEASE``), the SET
+    # clause of ``_RECORD`` made of ``columns``, each a parameter named "set_<column>".
+    record = _RECORD.values({name: bindparam(f"set_{name}", type_=_outbox.c[name].type) for name in columns})
+    ctes = [_BUMP_VERSION.cte("version")] if bump else []
     if renew:
         ctes.append(record.cte("outcome"))
-        main = (_outbox.update().where(_outbox.c.id == bindparam("next_id"), _outbox.c.claimed_by == bindparam("token"),
-                                       _outbox.c.state == OutboxState.SENDING)
-                .values(lease_until=bindparam("until")).returning(_outbox.c.id))
+        main = _RENEW_LEASE.returning(_outbox.c.id)
     else:
         main = record.returning(_outbox.c.id)
     return PlainSelect(main.add_cte(*ctes) if ctes else main)
@@ -356,7 +345,7 @@ def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
             values = {f"set_{name}": value for name, value in columns.items()}
             now = now_utc()
             returned = statement.scalar(autocommit, message_id=message.id, invite_id=message.invite_id,
-                                        now=now, next_id=next_id, token=claimed.token if claimed else None,
+                                        now=now, leased_id=next_id, token=claimed.token if claimed else None,
                                         until=now + timedelta(seconds=claimed.lease_seconds) if claimed else None,
                                         **values)
             if next_id is not None:
