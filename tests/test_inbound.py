@@ -817,3 +817,15 @@ def test_reply_as_attendee_needs_the_csrf_token(app, client, auth, deliver):
 
     assert response.status_code == 400
     assert stored() == []
+
+
+def test_a_message_is_parsed_once_whichever_path_records_it(client, inbound, monkeypatch):
+    """Parsing is half of what receiving a reply costs. A message the one-statement path leaves
+    to the usual one (here: two replies) is not parsed again there."""
+    invite = make_invite()
+    calls = []
+    parse = replies.parse_message
+    monkeypatch.setattr(replies, "parse_message", lambda *args: (calls.append(args), parse(*args))[1])
+
+    assert post(client, two_replies(invite)).json["outcome"] == "applied"
+    assert len(calls) == 1

@@ -97,10 +97,15 @@ def _insert(raw: bytes, source: str, *, claim: bool) -> int:
 def _insert_values(raw: bytes, source: str, values: dict) -> int:
     """One INSERT on the session's connection, not the ORM's unit of work: this runs for every
     message (not committed)."""
+    inserted = db.session.connection().execute(_INSERT_MESSAGE, _message_values(raw, source, values))
+    return inserted.inserted_primary_key[0]
+
+
+def _message_values(raw: bytes, source: str, values: dict) -> dict:
+    """A stored message's columns: ``values``, and the raw bytes with their digest and source."""
     if source not in SOURCES:
         raise ValueError(f"unknown inbound source {source!r}")
-    values.update(raw=raw, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source)
-    return db.session.connection().execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
+    return dict(values, raw=raw, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source)
 
 
 def _store_processed(raw: bytes, source: str, result: _Result) -> tuple[int, _Result]:
@@ -137,14 +142,15 @@ def receive(raw: bytes, source: str) -> Received:
     if len(raw) > INLINE_PROCESS_BYTES:
         return Received(_insert(raw, source, claim=False), InboundOutcome.RECEIVED)
     try:
-        received = _receive_in_one_statement(raw, source)
+        parsed = _parse(raw)
+        received = _receive_in_one_statement(raw, source, parsed) if isinstance(parsed, ParsedMessage) else None
     except Exception:  # nothing was written: the usual path reads it again, and records what fails
         log.exception("an inbound message could not be applied in one statement")
-        received = None
+        parsed = received = None
     if received is not None:
         return received
     try:
-        message_id, result = _store_processed(raw, source, _process(raw))
+        message_id, result = _store_processed(raw, source, _process(raw, parsed))
         db.session.commit()
     except Exception as exc:
         log.exception("an inbound message could not be processed")
@@ -307,13 +313,21 @@ def _finish(message_id: int, result: _Result) -> tuple[InboundOutcome, str]:
     return result.outcome, result.reason
 
 
-def _process(raw: bytes) -> _Result:
-    """Parse the message and record the replies it carries, in the current transaction (not
-    committed); what came of it, with the headers the parser read."""
+def _parse(raw: bytes) -> ParsedMessage | _Result:
+    """The message parsed, or, when it cannot be, the error to record."""
     try:
-        parsed = parse_message(raw, current_app.config["MAIL_FROM"].address)
+        return parse_message(raw, current_app.config["MAIL_FROM"].address)
     except ParseError as exc:
         return _Result(InboundOutcome.ERROR, str(exc), headers=_headers(raw))
+
+
+def _process(raw: bytes, parsed: ParsedMessage | _Result | None = None) -> _Result:
+    """Parse the message (unless ``parsed`` is what ``_parse`` made of it already) and record the
+    replies it carries, in the current transaction (not committed); what came of it, with the
+    headers the parser read."""
+    parsed = _parse(raw) if parsed is None else parsed
+    if isinstance(parsed, _Result):
+        return parsed
     identity = _identity(parsed, raw)
     results = [_apply(parsed, reply, identity) for reply in parsed.replies if reply.method in _CHANGING_METHODS]
     ignored_methods = dict.fromkeys(reply.method for reply in parsed.replies if reply.method not in _CHANGING_METHODS)
@@ -399,10 +413,13 @@ def _told(matched: _Matched, result: ApplyResult) -> _Result:
                    matched.invite.id)
 
 
-# What storing a message writes when its reply is recorded in the same statement: every column
-# (no column default is applied there), each value a parameter named after it with "message_".
+# What storing a message writes when its reply is recorded in the same statement: every column,
+# each value a parameter named after it with "message_". No column default is applied there: the
+# model's scalar defaults are given instead (``_MESSAGE_DEFAULTS``).
 _MESSAGE_COLUMNS = ("raw", "raw_sha256", "source", "message_id", "from_address", "subject", "invite_id", "outcome",
                     "reason", "received_at", "processed_at", "attempts")
+_MESSAGE_DEFAULTS = {column.name: column.default.arg if column.default is not None and column.default.is_scalar
+                     else None for column in InboundMessage.__table__.c if column.name in _MESSAGE_COLUMNS}
 
 
 def _store_message_too(notification):
@@ -413,18 +430,14 @@ def _store_message_too(notification):
             .returning(table.c.id).cte("message"))
 
 
-def _receive_in_one_statement(raw: bytes, source: str) -> Received | None:
+def _receive_in_one_statement(raw: bytes, source: str, parsed: ParsedMessage) -> Received | None:
     """PostgreSQL, the usual message (one reply, to an invite found, recorded as new): the
     invite read, then the reply recorded and the message stored in one statement, which
     commits by itself: two round trips where the session's transaction took eight. None,
     having written nothing, for any other message (a repeat included), which ``receive``
     then handles as usual."""
     engine = read_engine()
-    if engine.dialect.name != "postgresql" or source not in SOURCES:
-        return None
-    try:
-        parsed = parse_message(raw, current_app.config["MAIL_FROM"].address)
-    except ParseError:
+    if engine.dialect.name != "postgresql":
         return None
     if len(parsed.replies) != 1 or parsed.replies[0].method not in _CHANGING_METHODS:
         return None
@@ -437,9 +450,7 @@ def _receive_in_one_statement(raw: bytes, source: str) -> Received | None:
         if statement is None:
             return None
         result, values = _outcome_values(replace(_told(matched, plan.result), headers=_parsed_headers(parsed)))
-        values = dict({"message_id": "", "from_address": "", "subject": "", "invite_id": None}, **values,
-                      raw=raw, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source, received_at=now_utc(),
-                      attempts=1)
+        values = _message_values(raw, source, dict(_MESSAGE_DEFAULTS, **values, received_at=now_utc(), attempts=1))
         row = statement.first(connection, **plan.one_statement_values(),
                               **{f"message_{name}": values[name] for name in _MESSAGE_COLUMNS})
     if row is None:  # already received: nothing was written
