@@ -230,7 +230,7 @@ class InviteTotal(db.Model):
     """How many invites there are: one row, kept by database triggers on ``invites`` (see the
     migration ``d7a2c5e9b013``), so the invites list need not count them all on every page
     (a full scan: 1.3-1.5 ms of PostgreSQL's time per page at 10,000 invites). When the row is
-    missing (the table was emptied), ``services.invites.invite_total`` counts and stores it
+    missing (the table was emptied), ``services.invites.list_invites`` counts and stores it
     again with writers held off."""
 
     __tablename__ = "invite_totals"

@@ -565,12 +565,10 @@ def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 2
     params = {"now": now, "offset": offset, "limit": per_page}
     if q:
         queries = _list_queries([_search_match(q), *_status_filters(status, _NOW)])
-    else:
-        queries = _status_tab_queries(status)
-    if q:
         # A search reads every invite whatever the order: one sorted pass over the matches.
         first = queries.ordered
     else:
+        queries = _status_tab_queries(status)
         # The upcoming and the past ones are read separately, each in the order of the index
         # ix_invites_start_end: sorting on "is it past?" first would sort every invite.
         first = queries.past if status == ListFilter.PAST else queries.upcoming
@@ -597,13 +595,6 @@ def list_invites(q: str = "", status: str = "", page: int = 1, per_page: int = 2
 _TOTAL = PlainSelect(select(InviteTotal.invites).where(InviteTotal.id == 1))
 
 
-def invite_total() -> int:
-    """How many invites there are: the row the database's triggers keep (migration
-    d7a2c5e9b013), counted again and stored when it is missing."""
-    total = _TOTAL.read_scalar()
-    return _count_invites_again() if total is None else total
-
-
 def _count_invites_again() -> int:
     """Count the invites and store the total (its row was missing: the table was emptied).
 
@@ -620,9 +611,9 @@ def _count_invites_again() -> int:
                 # "WHERE true": SQLite's parser needs it before ON CONFLICT in INSERT ... SELECT.
                 connection.execute(text("INSERT INTO invite_totals (id, invites) SELECT 1, count(*) FROM invites "
                                         "WHERE true ON CONFLICT (id) DO NOTHING"))
-                return connection.scalar(select(InviteTotal.invites).where(InviteTotal.id == 1))
+                return connection.scalar(_TOTAL.statement)
         except OperationalError:  # the lock did not come (e.g. a long import still running)
-            return connection.scalar(select(func.count()).select_from(Invite))
+            return connection.scalar(_status_tab_queries(ListFilter.ALL).count.statement)
 
 
 def get_by_reference(reference: str) -> Invite | None:
