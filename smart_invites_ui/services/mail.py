@@ -73,16 +73,16 @@ def ascii_address(address: str) -> str:
         raise DeliveryError(f"{address}: a mailbox name with non-ASCII letters cannot be sent without SMTPUTF8",
                             permanent=True)
     try:
-        domain = idna.encode(domain, uts46=True).decode("ascii")
+        return f"{local}@{_ascii_domain(domain)}"
     except idna.IDNAError as exc:
         raise DeliveryError(f"{address}: the domain cannot be written in ASCII ({exc})", permanent=True) from exc
-    return f"{local}@{domain}"
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _ascii_domain(domain: str) -> str:
-    """A domain as a Message-ID carries it: an internationalised one in its punycode form."""
-    return ascii_address(f"postmaster@{domain}").rpartition("@")[2]
+    """A domain as plain SMTP and a Message-ID carry it: an internationalised one in its ASCII
+    (punycode) form. Raises ``idna.IDNAError`` for one that has none."""
+    return domain if domain.isascii() else idna.encode(domain, uts46=True).decode("ascii")
 
 
 def mailbox(header: str, name: str, address: str) -> Address:
