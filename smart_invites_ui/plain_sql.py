@@ -136,7 +136,10 @@ def read_together(*reads: tuple[PlainSelect, dict]) -> list[list]:
                 return [query.on_dbapi(dbapi_connection, dialect, **values) for query, values in reads]
             with pipeline():
                 cursors = [query._send(dbapi_connection, dialect, values) for query, values in reads]
-                return [query._rows(cursor, dialect) for (query, _), cursor in zip(reads, cursors)]
+            # Read once the pipeline has ended: leaving it sends the queries' Sync and takes every
+            # result in one round trip, where a fetch inside it asks the server to flush first
+            # (a round trip of its own) and leaving it then waits for the Sync's answer.
+            return [query._rows(cursor, dialect) for (query, _), cursor in zip(reads, cursors)]
         except dialect.loaded_dbapi.Error as exc:
             if attempt == 2 or not connection_lost(dialect, exc, dbapi_connection):
                 raise

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -220,6 +221,84 @@ def statements_sent(app, monkeypatch):
         return sent
 
     return during
+
+
+class RoundTripProxy:
+    """A TCP proxy on loopback before the database server that counts round trips: the times
+    a client sends after the server has answered (or first, on a new connection). What a
+    page costs on PostgreSQL is mostly its round trips, and pipelined queries are one."""
+
+    def __init__(self, host: str, port: int):
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.count = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self.upstream)
+            self._sockets += [client, server]
+            answered = [True]  # has the server spoken since the client last did?
+            threading.Thread(target=self._pump, args=(client, server, answered, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, answered, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, answered: list, from_client: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                # Noted before passing the bytes on: the other side cannot answer them sooner.
+                with self._lock:
+                    if from_client and answered[0]:
+                        self.count += 1
+                    answered[0] = not from_client
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def during(self, action) -> int:
+        """The round trips ``action`` took."""
+        with self._lock:
+            before = self.count
+        action()
+        with self._lock:
+            return self.count - before
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+@pytest.fixture
+def round_trips(app, database_url):
+    """On PostgreSQL: ``(proxy, client)``, a client of the app again, signed in as nobody yet,
+    whose every connection to the server passes a :class:`RoundTripProxy`. Skips on SQLite."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if db.engine.dialect.name != "postgresql" or not url.host:
+        pytest.skip("round trips to a database server over TCP")
+    proxy = RoundTripProxy(url.host, url.port or 5432)
+    proxied = make_app(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    try:
+        yield proxy, proxied.test_client()
+    finally:
+        dispose_reads(proxied)
+        with proxied.app_context():
+            db.engine.dispose()
+        proxy.close()
 
 
 @pytest.fixture

@@ -782,3 +782,24 @@ def test_the_lists_total_follows_invites_however_they_are_added_or_deleted(staff
     make_invite(summary="Third")
     assert _shown_total(staff.client) == 2
     assert db.session.scalar(text("SELECT invites FROM invite_totals")) == 2
+
+
+def test_on_postgresql_the_list_is_two_round_trips(staff, app, round_trips):
+    """The signed-in user, then the total, the page and the attention count sent together: two
+    round trips on a database server. A third reads the past invites, when the upcoming ones
+    end on the page."""
+    proxy, client = round_trips
+    name = app.config["SESSION_COOKIE_NAME"]
+    client.set_cookie(name, staff.client.get_cookie(name).value)  # the same signed-in browser
+    make_invite(summary="Last week", start=future(days=-7))
+    make_invite(summary="Next week")
+    assert client.get("/invites").status_code == 200  # the read pool has its connection
+
+    pages = []
+    assert proxy.during(lambda: pages.append(client.get("/invites"))) == 3
+    assert ["Next week", "Last week"] == re.findall(r"(Next week|Last week)", pages[-1].get_data(as_text=True))
+    for day in range(25):
+        make_invite(summary=f"Day {day}", start=future(days=1, hour=8, minute=day))
+    assert proxy.during(lambda: pages.append(client.get("/invites"))) == 2
+    shown = pages[-1].get_data(as_text=True)
+    assert "Day 0" in shown and "Day 24" in shown and "Next week" not in shown
