@@ -15,7 +15,7 @@ from smart_invites_ui.models import (Invite, NotificationSource, OutboxKind, Out
 from smart_invites_ui.services import invites as invite_service
 from smart_invites_ui.services import outbox
 from smart_invites_ui.services.notifications import apply_notification
-from tests.conftest import future, make_invite
+from tests.conftest import future, make_event, make_invite
 
 pytestmark = pytest.mark.usefixtures("fast_passwords")
 
@@ -803,3 +803,44 @@ def test_on_postgresql_the_list_is_two_round_trips(staff, app, round_trips):
     assert proxy.during(lambda: pages.append(client.get("/invites"))) == 2
     shown = pages[-1].get_data(as_text=True)
     assert "Day 0" in shown and "Day 24" in shown and "Next week" not in shown
+
+
+def test_the_invite_page_says_who_made_it(staff):
+    """A user's address, an API client's name (escaped), or else where it came from."""
+    from smart_invites_ui.domain import InviteSource
+    from smart_invites_ui.services import api_clients
+
+    by_staff = invite_service.create_invite(
+        event=make_event(summary="Made here"), recipients=[invite_service.NewRecipient("ann@example.org")],
+        organizer_name="Riverside Clinic", created_by=staff.user)
+    client_record, _ = api_clients.create_client("Booking <site> & co")
+    by_api = invite_service.create_invite(
+        event=make_event(summary="Made by the site"), recipients=[invite_service.NewRecipient("ann@example.org")],
+        source=InviteSource.API, api_client=client_record)
+    imported = make_invite(summary="Made elsewhere")
+
+    def made(invite) -> str:
+        page = staff.client.get(f"/invites/{invite.id}")
+        assert page.status_code == 200
+        return re.search(r"<dt>Made</dt><dd>(.*?),", page.get_data(as_text=True)).group(1)
+
+    assert made(by_staff) == "by staff@example.org"
+    assert made(by_api) == "through the API by <strong>Booking &lt;site&gt; &amp; co</strong>"
+    assert made(imported) == "dashboard"
+    assert staff.client.get("/invites/999999").status_code == 404
+
+
+def test_on_postgresql_the_invite_page_is_two_round_trips(staff, app, round_trips):
+    """The signed-in user, then the invite, who made it and its live part, read together."""
+    proxy, client = round_trips
+    name = app.config["SESSION_COOKIE_NAME"]
+    client.set_cookie(name, staff.client.get_cookie(name).value)  # the same signed-in browser
+    invite = invite_service.create_invite(
+        event=make_event(summary="Made here"), recipients=[invite_service.NewRecipient("ann@example.org")],
+        created_by=staff.user)
+    assert client.get(f"/invites/{invite.id}").status_code == 200  # the pools have their connections
+
+    pages = []
+    assert proxy.during(lambda: pages.append(client.get(f"/invites/{invite.id}"))) == 2
+    shown = pages[0].get_data(as_text=True)
+    assert "Made here" in shown and "by staff@example.org" in shown and 'data-email="ann@example.org"' in shown
