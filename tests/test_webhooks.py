@@ -418,3 +418,43 @@ def test_on_postgresql_a_usual_notification_is_two_statements_and_no_transaction
         (ANN, RecipientStatus.DECLINED, "Sick today")]
     assert post(client, single("BOOK-1", ANN, "declined", comment="Sick today")).get_json()["outcome"] == "duplicate"
     assert len(_history(invite)) == 2 and _fresh(invite).version == version + 1
+
+
+def test_two_replies_decided_at_once_keep_the_newer_whichever_is_written_last(app, invite):
+    """Two reply emails from one attendee, each decided on the row as it was before the other
+    wrote (two processes at the same moment): the newer answer (DTSTAMP) stays, also when the
+    older one is written last, as the usual path writes it on either database."""
+    from datetime import timedelta
+
+    from smart_invites_ui.plain_sql import read_engine
+    from smart_invites_ui.services.notifications import _write, decide, in_one_statement
+
+    stamped = datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+    def reply(status: str, dtstamp: datetime):
+        payload = {"smart_invite": {"smart_invite_id": "BOOK-1", "reply": {"email": ANN, "status": status}}}
+        with read_engine().connect() as connection:
+            return decide(payload, source=NotificationSource.EMAIL, dtstamp=dtstamp, sequence=0,
+                          raw=f"{status} {dtstamp}", connection=connection)
+
+    def write(plan) -> None:
+        with read_engine().connect() as connection:
+            one = in_one_statement(connection.dialect, plan)
+            if one is not None:  # PostgreSQL: the one statement, in autocommit
+                assert one.scalar(connection, **plan.one_statement_values()) is not None
+            else:
+                with connection.begin():
+                    _write(plan, connection)
+
+    newer, older = reply("accepted", stamped + timedelta(minutes=5)), reply("declined", stamped)
+    assert newer.applied and older.applied  # neither saw the other
+    write(newer)
+    write(older)
+    ann = _fresh(invite).recipient(ANN)
+    assert ann.status == RecipientStatus.ACCEPTED and ann.last_reply_dtstamp == stamped + timedelta(minutes=5)
+    assert not ann.needs_attention
+    assert [reply.status for reply in _history(invite)] == [RecipientStatus.ACCEPTED, RecipientStatus.DECLINED]
+
+    # A newer one decided on the old row still applies over the older.
+    write(reply("tentative", stamped + timedelta(minutes=9)))
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.TENTATIVE

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, exists, insert, select, true, union_all, update
+from sqlalchemy import bindparam, exists, func, insert, or_, select, true, tuple_, union_all, update
 from sqlalchemy.engine import Connection
 
 from ..api.schema import parse_event_time, proposal_json
@@ -179,9 +179,19 @@ _ALL_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_RECIPIENTS.c.invite_id == b
 _REPLY_COLUMNS = ("invite_id", "recipient_id", "notification_id", "email", "status", "comment", "proposal_start",
                   "proposal_end", "proposal_tzid", "source", "dtstamp", "sequence", "applied", "note", "received_at")
 _INSERT_REPLIES = PlainWrite(insert(Reply.__table__).values({name: bindparam(name) for name in _REPLY_COLUMNS}))
-_UPDATE_RECIPIENT = PlainWrite(update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("recipient_id")).values({
-    name: bindparam(name) for name in ("status", "comment", "proposal_start", "proposal_end", "proposal_tzid",
-                                       "replied_at", "last_reply_dtstamp", "last_reply_sequence", "needs_attention")}))
+# The answer's order (``_is_newer``) is checked again as the row is written, against the row as it
+# is then: of two replies from one attendee decided at the same moment (each read the row before
+# the other wrote), the newer stays, whichever of them is written last.
+_R_STAMP, _R_SEQUENCE = _RECIPIENTS.c.last_reply_dtstamp, _RECIPIENTS.c.last_reply_sequence
+_NEW_STAMP = bindparam("last_reply_dtstamp", type_=_R_STAMP.type)
+_NEW_SEQUENCE = bindparam("last_reply_sequence", type_=_R_SEQUENCE.type)
+_UPDATE_RECIPIENT = PlainWrite(update(_RECIPIENTS).where(
+    _RECIPIENTS.c.id == bindparam("recipient_id"),
+    or_(_R_STAMP.is_(None), _NEW_STAMP.is_(None),
+        tuple_(_R_STAMP, func.coalesce(_R_SEQUENCE, 0)) <= tuple_(_NEW_STAMP, func.coalesce(_NEW_SEQUENCE, 0))),
+).values({**{name: bindparam(name) for name in ("status", "comment", "proposal_start", "proposal_end",
+                                                    "proposal_tzid", "replied_at", "needs_attention")},
+           "last_reply_dtstamp": _NEW_STAMP, "last_reply_sequence": _NEW_SEQUENCE}))
 # In SQL, so two notifications applied at once both count.
 _BUMP_VERSION = PlainWrite(update(_INVITES).where(_INVITES.c.id == bindparam("invite_id")).values(
     version=_INVITES.c.version + 1, updated_at=bindparam("now")))
