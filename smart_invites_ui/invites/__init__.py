@@ -125,8 +125,8 @@ _EMAILS = PlainSelect(select(_O.id, _O.target, _O.method, _O.sequence, _O.state,
 
 
 # What the invite's page shows of it: its columns, and who made it (an API client's name, else
-# a user's address), with the live part's three queries: one round trip on PostgreSQL, where
-# the ORM session took five (pre-ping, BEGIN, the invite, its maker, the rollback).
+# a user's address), read with the live part's three queries: one round trip on PostgreSQL,
+# where reading the invite and its maker in the ORM session took four more (tests/test_invite_pages.py).
 class InvitePage(NamedTuple):
     id: int
     version: int
