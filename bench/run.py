@@ -42,7 +42,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,7 +455,7 @@ def import_measures(rows_list: list[int], work: Path, log) -> list[Measure]:
         finally:
             db.drop()
         rss = out["peak_rss_mb"]
-        m = Measure(f"6", f"CSV import, {rows:,} rows", out["rows_per_s"], unit="rows/s",
+        m = Measure("6", f"CSV import, {rows:,} rows", out["rows_per_s"], unit="rows/s",
                     target_abs=">= 1,000 rows/s, peak RSS < 300 MB",
                     met_abs=out["rows_per_s"] >= 1000 and rss < 300,
                     notes=[f"peak RSS {rss:.0f} MB", f"{out['created']:,} invites, {out['rejected']} rows rejected, "

@@ -293,7 +293,7 @@ def callback_server():
 
 def test_applied_reply_queues_a_signed_callback_in_the_seed_shape(app, callback_server, deliver):
     client, secret = api_clients.create_client("Booking system")
-    invite = invite_service.create_invite(
+    invite_service.create_invite(
         event=make_event(), recipients=[invite_service.NewRecipient(ANN), invite_service.NewRecipient(BOB)],
         smart_invite_id="API-7", source=InviteSource.API, api_client=client, callback_url=callback_server.url)
     deliver()  # the invite emails
