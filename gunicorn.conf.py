@@ -4,7 +4,13 @@ import os
 import socket
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Two threads per process: while one waits on the database, the other runs Python. More add
+# contention for the GIL (a process runs one thread's Python at a time) and cost CPU per request.
+# In `make bench` on 2 vCPUs with PostgreSQL, 2 threads served 31-38% more changed polls, 26-38%
+# more list pages and 9-17% more webhooks than 4 (two runs each); on SQLite -5% to +24%; with a
+# lower p99 on both (bench/results/2026-11-22-*.md, fifth round).
+# Long jobs (CSV imports, email) run in the worker, not here. GUNICORN_THREADS overrides it.
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20

@@ -567,6 +567,13 @@ def child_replies(url: str) -> dict:
 # --------------------------------------------------------------------------- report
 
 
+def gunicorn_threads() -> int:
+    """The threads per web process, as gunicorn.conf.py sets them (GUNICORN_THREADS, or its default)."""
+    import runpy
+
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))["threads"]
+
+
 def machine(db_version: str) -> list[str]:
     cpu = "?"
     try:
@@ -579,8 +586,8 @@ def machine(db_version: str) -> list[str]:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
     return [f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}",
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, {db_version}",
-            f"gunicorn gthread, WEB_CONCURRENCY={WEB_WORKERS}, GUNICORN_THREADS="
-            f"{os.environ.get('GUNICORN_THREADS', '4')}; {wrk_version[0] if wrk_version else 'wrk'} "
+            f"gunicorn gthread, WEB_CONCURRENCY={WEB_WORKERS}, {gunicorn_threads()} threads each; "
+            f"{wrk_version[0] if wrk_version else 'wrk'} "
             f"-t{WRK_THREADS} -c{WRK_CONNECTIONS} on loopback, on the same machine"]
 
 
