@@ -427,7 +427,7 @@ def test_two_replies_decided_at_once_keep_the_newer_whichever_is_written_last(ap
     from datetime import timedelta
 
     from smart_invites_ui.plain_sql import read_engine
-    from smart_invites_ui.services.notifications import _write, decide, in_one_statement
+    from smart_invites_ui.services.notifications import decide, write_committed
 
     stamped = datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc)
 
@@ -437,14 +437,9 @@ def test_two_replies_decided_at_once_keep_the_newer_whichever_is_written_last(ap
             return decide(payload, source=NotificationSource.EMAIL, dtstamp=dtstamp, sequence=0,
                           raw=f"{status} {dtstamp}", connection=connection)
 
-    def write(plan) -> None:
+    def write(plan) -> None:  # as apply_notification writes what it decided
         with read_engine().connect() as connection:
-            one = in_one_statement(connection.dialect, plan)
-            if one is not None:  # PostgreSQL: the one statement, in autocommit
-                assert one.scalar(connection, **plan.one_statement_values()) is not None
-            else:
-                with connection.begin():
-                    _write(plan, connection)
+            assert write_committed(plan, connection).outcome == NotificationOutcome.APPLIED
 
     newer, older = reply("accepted", stamped + timedelta(minutes=5)), reply("declined", stamped)
     assert newer.applied and older.applied  # neither saw the other
@@ -458,3 +453,22 @@ def test_two_replies_decided_at_once_keep_the_newer_whichever_is_written_last(ap
     # A newer one decided on the old row still applies over the older.
     write(reply("tentative", stamped + timedelta(minutes=9)))
     assert _fresh(invite).recipient(ANN).status == RecipientStatus.TENTATIVE
+
+
+def test_a_notification_listing_several_recipients_applies_each(app, client, invite):
+    """Cronofy's ``recipients`` list without a ``reply``: every status in it. On PostgreSQL its
+    read (an IN list, not a plain query) began a transaction on the connection, and setting the
+    writes' isolation level then failed: 500, nothing recorded."""
+    version = _fresh(invite).version
+    payload = {"notification": {"type": "smart_invite"},
+               "smart_invite": {"smart_invite_id": "BOOK-1", "recipients": [
+                   {"email": ANN, "status": "accepted"}, {"email": BOB, "status": "declined"}]}}
+    response = post(client, payload)
+
+    assert response.status_code == 200 and response.get_json()["outcome"] == "applied"
+    fresh = _fresh(invite)
+    assert fresh.recipient(ANN).status == RecipientStatus.ACCEPTED
+    assert fresh.recipient(BOB).status == RecipientStatus.DECLINED and fresh.recipient(BOB).needs_attention
+    assert fresh.version > version
+    assert sorted((r.email, r.status) for r in _history(invite)) == [(ANN, RecipientStatus.ACCEPTED),
+                                                                    (BOB, RecipientStatus.DECLINED)]

@@ -243,8 +243,8 @@ def apply_notification(payload: dict, **options) -> ApplyResult:
     recorded and answers "duplicate"."""
     engine = read_engine()
     if engine.dialect.name == "sqlite":  # the app's engine: no pre-ping to skip
-        with engine.begin() as connection:
-            result = record_notification(payload, connection=connection, **options)
+        with engine.connect() as connection:  # (closed on an error: what was begun is rolled back)
+            result = write_committed(decide(payload, connection=connection, **options), connection)
     else:
         result = _apply_on_read_pool(engine, payload, options)
     if db.session.registry.has():
@@ -255,25 +255,16 @@ def apply_notification(payload: dict, **options) -> ApplyResult:
 def _apply_on_read_pool(engine, payload: dict, options: dict) -> ApplyResult:
     for attempt in (1, 2):
         with engine.connect() as connection:  # in autocommit: each statement commits itself
-            transaction = None
             try:
                 # Read outside a transaction: under READ COMMITTED, which the writes run at,
                 # every statement sees what is committed when it starts, in a transaction or not.
-                plan = decide(payload, connection=connection, **options)
-                one = in_one_statement(connection.dialect, plan)
-                if one is not None:
-                    return plan.recorded(one.scalar(connection, **plan.one_statement_values()))
-                connection.execution_options(isolation_level="READ COMMITTED")
-                transaction = connection.begin()
-                result = _write(plan, connection)
-                transaction.commit()
-                return result
+                return write_committed(decide(payload, connection=connection, **options), connection)
             except BaseException as exc:
                 lost = connection_lost(engine.dialect, exc, connection.connection.dbapi_connection)
                 if lost and not connection.invalidated:
                     connection.invalidate(exc)  # e.g. the server restarted: a new connection, once
-                if transaction is not None:
-                    transaction.rollback()  # on a connection thrown away, only forgets the transaction
+                if connection.in_transaction():
+                    connection.rollback()  # on a connection thrown away, only forgets the transaction
                 if attempt == 2 or not lost:
                     raise
     raise AssertionError("unreachable")
@@ -405,6 +396,25 @@ def _write(plan: _Plan, connection: Connection) -> ApplyResult:
     _BUMP_VERSION.execute(connection, invite_id=invite.id, now=plan.now)  # the history changed even when no status did
     if plan.applied and invite.callback_url:
         _queue_callbacks(connection, invite, plan.recipients, plan.applied)
+    return result
+
+
+def write_committed(plan: _Plan, connection: Connection) -> ApplyResult:
+    """Write ``plan`` (``decide`` made it on ``connection``) and commit: on PostgreSQL in one
+    statement where ``in_one_statement`` allows, on a connection in autocommit; else in a
+    transaction of its own, at READ COMMITTED on a database server. What ``decide``'s reads
+    began on the connection (SQLAlchemy begins a transaction at a Core execute, and a server
+    connection's isolation level cannot change inside one) held no lock: it is ended first."""
+    one = in_one_statement(connection.dialect, plan)
+    if one is not None:
+        return plan.recorded(one.scalar(connection, **plan.one_statement_values()))
+    if connection.in_transaction():
+        connection.rollback()
+    if connection.dialect.name != "sqlite":
+        connection.execution_options(isolation_level="READ COMMITTED")
+    transaction = connection.begin()
+    result = _write(plan, connection)
+    transaction.commit()
     return result
 
 
