@@ -144,10 +144,6 @@ class InvitePage(NamedTuple):
     api_client: str | None  # the API client's name, when one made it
     created_by: str | None  # the user's address, when one made it
 
-    @property
-    def is_cancelled(self) -> bool:
-        return self.status == InviteStatus.CANCELLED
-
 
 _A = ApiClient.__table__.c
 _U = User.__table__.c
