@@ -283,8 +283,9 @@ class RoundTripProxy:
 
 @pytest.fixture
 def round_trips(app, database_url):
-    """On PostgreSQL: ``(proxy, client)``, a client of the app again, signed in as nobody yet,
-    whose every connection to the server passes a :class:`RoundTripProxy`. Skips on SQLite."""
+    """On PostgreSQL: ``(proxy, browser)``. ``browser(client)`` is a client of the app again, with
+    ``client``'s session cookie (the same signed-in browser), whose every connection to the server
+    passes the :class:`RoundTripProxy`. Skips on SQLite."""
     from sqlalchemy.engine import make_url
 
     url = make_url(database_url)
@@ -292,8 +293,15 @@ def round_trips(app, database_url):
         pytest.skip("round trips to a database server over TCP")
     proxy = RoundTripProxy(url.host, url.port or 5432)
     proxied = make_app(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    name = app.config["SESSION_COOKIE_NAME"]
+
+    def browser(client):
+        proxied_client = proxied.test_client()
+        proxied_client.set_cookie(name, client.get_cookie(name).value)
+        return proxied_client
+
     try:
-        yield proxy, proxied.test_client()
+        yield proxy, browser
     finally:
         dispose_reads(proxied)
         with proxied.app_context():

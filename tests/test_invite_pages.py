@@ -784,13 +784,12 @@ def test_the_lists_total_follows_invites_however_they_are_added_or_deleted(staff
     assert db.session.scalar(text("SELECT invites FROM invite_totals")) == 2
 
 
-def test_on_postgresql_the_list_is_two_round_trips(staff, app, round_trips):
+def test_on_postgresql_the_list_is_two_round_trips(staff, round_trips):
     """The signed-in user, then the total, the page and the attention count sent together: two
     round trips on a database server. A third reads the past invites, when the upcoming ones
     end on the page."""
-    proxy, client = round_trips
-    name = app.config["SESSION_COOKIE_NAME"]
-    client.set_cookie(name, staff.client.get_cookie(name).value)  # the same signed-in browser
+    proxy, browser = round_trips
+    client = browser(staff.client)
     make_invite(summary="Last week", start=future(days=-7))
     make_invite(summary="Next week")
     assert client.get("/invites").status_code == 200  # the read pool has its connection
@@ -817,7 +816,7 @@ def test_the_invite_page_says_who_made_it(staff):
     by_api = invite_service.create_invite(
         event=make_event(summary="Made by the site"), recipients=[invite_service.NewRecipient("ann@example.org")],
         source=InviteSource.API, api_client=client_record)
-    imported = make_invite(summary="Made elsewhere")
+    by_nobody = make_invite(summary="Made without a user")  # e.g. by a script
 
     def made(invite) -> str:
         page = staff.client.get(f"/invites/{invite.id}")
@@ -826,15 +825,14 @@ def test_the_invite_page_says_who_made_it(staff):
 
     assert made(by_staff) == "by staff@example.org"
     assert made(by_api) == "through the API by <strong>Booking &lt;site&gt; &amp; co</strong>"
-    assert made(imported) == "dashboard"
+    assert made(by_nobody) == "dashboard"  # its source
     assert staff.client.get("/invites/999999").status_code == 404
 
 
-def test_on_postgresql_the_invite_page_is_two_round_trips(staff, app, round_trips):
+def test_on_postgresql_the_invite_page_is_two_round_trips(staff, round_trips):
     """The signed-in user, then the invite, who made it and its live part, read together."""
-    proxy, client = round_trips
-    name = app.config["SESSION_COOKIE_NAME"]
-    client.set_cookie(name, staff.client.get_cookie(name).value)  # the same signed-in browser
+    proxy, browser = round_trips
+    client = browser(staff.client)
     invite = invite_service.create_invite(
         event=make_event(summary="Made here"), recipients=[invite_service.NewRecipient("ann@example.org")],
         created_by=staff.user)

@@ -335,14 +335,13 @@ def test_a_changed_poll_shows_times_in_the_signed_in_users_zone_as_it_is_now(sta
     assert shown("Asia/Kathmandu") and not shown("Europe/London")
 
 
-def test_on_postgresql_a_poll_is_one_round_trip_and_a_changed_one_two(staff, app, round_trips):
+def test_on_postgresql_a_poll_is_one_round_trip_and_a_changed_one_two(staff, round_trips):
     """What a poll costs on a database server is its round trips (each one wakes the server and
     this process again): the check alone when nothing changed; the check, then the fragment's
     three queries sent together, when something did. Reading those inside psycopg's pipeline
     took a second round trip for them (a flush request, then the pipeline's end)."""
-    proxy, client = round_trips
-    name = app.config["SESSION_COOKIE_NAME"]
-    client.set_cookie(name, staff.client.get_cookie(name).value)  # the same signed-in browser
+    proxy, browser = round_trips
+    client = browser(staff.client)
     invite = make_invite()
     version = version_of(invite)
     assert poll(client, invite, 0).status_code == 200  # the read pool has its connection
