@@ -340,27 +340,48 @@ def test_a_nul_character_in_a_comment_is_dropped_not_a_server_error(app, client,
     assert _history(invite)[0].comment == "Sick today"
 
 
-def test_a_notification_that_fails_half_way_writes_nothing_and_can_be_sent_again(app, invite, monkeypatch):
-    """Its own transaction: the history row and the status written before the failure go too,
-    so the sender's retry is applied, not taken for a duplicate."""
-    from sqlalchemy import bindparam, update
+def _refusing_invite_updates():
+    """DDL for a trigger that makes the database refuse every UPDATE of an invite, and DDL to drop it."""
+    if db.engine.dialect.name == "postgresql":
+        return (["CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                 "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+                 "CREATE TRIGGER test_refuse BEFORE UPDATE ON invites FOR EACH ROW EXECUTE FUNCTION test_refuse()"],
+                ["DROP TRIGGER test_refuse ON invites", "DROP FUNCTION test_refuse()"])
+    return (["CREATE TRIGGER test_refuse BEFORE UPDATE ON invites BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+            ["DROP TRIGGER test_refuse"])
 
-    from smart_invites_ui.plain_sql import PlainWrite
-    from smart_invites_ui.services import notifications
 
-    invites = Invite.__table__  # the last write, refused by the database (version is NOT NULL)
-    refused = PlainWrite(update(invites).where(invites.c.id == bindparam("invite_id"))
-                         .values(version=None, updated_at=bindparam("now")))
-    monkeypatch.setattr(notifications, "_BUMP_VERSION", refused)
-    with pytest.raises(db.engine.dialect.loaded_dbapi.IntegrityError):
-        apply_notification(single("BOOK-1", ANN, "declined"), source=NotificationSource.WEBHOOK)
-    assert (_count(Notification), len(_history(invite))) == (0, 0)
-    assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+@pytest.mark.parametrize("everyone", [False, True], ids=["one reply", "a recipients list"])
+def test_a_notification_that_fails_half_way_writes_nothing_and_can_be_sent_again(app, invite, everyone):
+    """All or nothing: when the last write (the invite's version) is refused, the notification,
+    the history row and the status written before it go too, so the sender's retry is applied,
+    not taken for a duplicate. On PostgreSQL the usual notification is one statement, and a
+    recipients list a transaction; on SQLite both are a transaction."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
-    monkeypatch.undo()
-    again = apply_notification(single("BOOK-1", ANN, "declined"), source=NotificationSource.WEBHOOK)
+    payload = single("BOOK-1", ANN, "declined")
+    if everyone:  # Cronofy's "recipients" list, without a "reply"
+        payload["smart_invite"] = {"smart_invite_id": "BOOK-1", "recipients": [{"email": ANN, "status": "declined"}]}
+    create, drop = _refusing_invite_updates()
+    for statement in create:
+        db.session.execute(text(statement))
+    db.session.commit()
+    try:
+        with pytest.raises((db.engine.dialect.loaded_dbapi.Error, DBAPIError), match="refused by the test"):
+            apply_notification(payload, source=NotificationSource.WEBHOOK)
+        assert (_count(Notification), len(_history(invite))) == (0, 0)
+        assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+    finally:
+        db.session.rollback()
+        for statement in drop:
+            db.session.execute(text(statement))
+        db.session.commit()
+
+    again = apply_notification(payload, source=NotificationSource.WEBHOOK)
     assert again.outcome == NotificationOutcome.APPLIED
     assert _fresh(invite).recipient(ANN).status == RecipientStatus.DECLINED
+    assert _fresh(invite).version == 2
 
 
 def test_what_was_loaded_before_a_notification_shows_it_afterwards(app, invite):
@@ -399,11 +420,12 @@ def test_a_webhook_survives_the_database_dropping_its_connections(app, client, i
     assert [reply.status for reply in _history(invite)] == [RecipientStatus.TENTATIVE, RecipientStatus.DECLINED]
 
 
-def test_on_postgresql_a_usual_notification_is_two_statements_and_no_transaction(app, client, invite,
-                                                                               statements_sent):
-    """The invite read, then every write in one statement that commits by itself: two round
-    trips, where BEGIN, five statements and COMMIT took seven (each round trip costs the
-    server and this process more than the statement's own work)."""
+def test_on_postgresql_a_usual_notification_is_one_statement_and_no_transaction(app, client, invite,
+                                                                              statements_sent):
+    """One reply from a recipient on an invite without a callback URL: read, decided and written
+    in one statement that commits by itself, one round trip. Reading the invite first took two,
+    and BEGIN, six statements and COMMIT before that took seven (each round trip costs the server
+    and this process more than the statement's own work)."""
     assert post(client, single("BOOK-1", BOB, "accepted")).status_code == 200  # the pool has its connection
     version = _fresh(invite).version
     responses = []
@@ -411,13 +433,79 @@ def test_on_postgresql_a_usual_notification_is_two_statements_and_no_transaction
                                                                         comment="Sick today"))))
 
     assert responses[0].status_code == 200 and responses[0].get_json()["outcome"] == "applied"
-    assert sent == ["SELECT", "WITH"]
-    assert _fresh(invite).recipient(ANN).status == RecipientStatus.DECLINED
+    assert sent == ["WITH"]
+    ann = _fresh(invite).recipient(ANN)
+    assert (ann.status, ann.comment, ann.needs_attention) == (RecipientStatus.DECLINED, "Sick today", True)
+    assert ann.replied_at is not None
     assert _fresh(invite).version == version + 1
-    assert [(reply.email, reply.status, reply.comment) for reply in _history(invite)][1:] == [
-        (ANN, RecipientStatus.DECLINED, "Sick today")]
-    assert post(client, single("BOOK-1", ANN, "declined", comment="Sick today")).get_json()["outcome"] == "duplicate"
+    (notification,) = db.session.scalars(select(Notification).where(Notification.outcome != "duplicate")
+                                         .order_by(Notification.id.desc()).limit(1))
+    assert (notification.invite_id, notification.outcome, notification.detail) == (
+        invite.id, NotificationOutcome.APPLIED, "")
+    history = _history(invite)
+    assert [(reply.email, reply.status, reply.comment, reply.applied, reply.note) for reply in history][1:] == [
+        (ANN, RecipientStatus.DECLINED, "Sick today", True, "")]
+    assert (history[-1].recipient_id, history[-1].notification_id) == (ann.id, notification.id)
+
+    again = statements_sent(lambda: responses.append(post(client, single("BOOK-1", ANN, "declined",
+                                                                         comment="Sick today"))))
+    assert responses[1].get_json()["outcome"] == "duplicate" and again == ["WITH"]
     assert len(_history(invite)) == 2 and _fresh(invite).version == version + 1
+
+
+def _remove_ann(invite: Invite) -> None:
+    invite_service.remove_recipient(invite, invite.recipient(ANN), send_emails=False)
+
+
+def _answer_ann_later(invite: Invite) -> None:
+    later = datetime(2031, 3, 1, 9, 5, tzinfo=timezone.utc)
+    apply_notification({"smart_invite": {"smart_invite_id": "BOOK-1", "reply": {"email": ANN, "status": "accepted"}}},
+                       source=NotificationSource.EMAIL, dtstamp=later, sequence=0, raw="a later answer")
+
+
+def _give_a_callback_url(invite: Invite) -> None:
+    invite.callback_url = "http://127.0.0.1:9/callback"
+    db.session.commit()
+
+
+@pytest.mark.parametrize("unusual, outcome, note", [
+    (_remove_ann, NotificationOutcome.IGNORED, "removed from the invite"),
+    (_answer_ann_later, NotificationOutcome.STALE, "older than the answer already recorded"),
+    (_give_a_callback_url, NotificationOutcome.APPLIED, ""),
+], ids=["a removed recipient", "an older answer", "a callback to queue"])
+def test_a_reply_the_one_statement_cannot_take_is_applied_as_read(app, invite, unusual, outcome, note):
+    """The one-statement path writes nothing for these; the notification is then read and decided
+    as before, recorded once, with its reason."""
+    unusual(invite)
+    status = _fresh(invite).recipient(ANN).status
+    result = apply_notification({"smart_invite": {"smart_invite_id": "BOOK-1",
+                                                  "reply": {"email": ANN, "status": "declined"}}},
+                                source=NotificationSource.EMAIL, dtstamp=datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc),
+                                sequence=0, raw="the reply")
+
+    assert (result.outcome, result.invite_id) == (outcome, invite.id)
+    assert note in result.detail
+    notification = db.session.scalar(select(Notification).where(Notification.body == "the reply"))
+    assert (notification.outcome, notification.invite_id) == (outcome, invite.id)
+    assert len(db.session.scalars(select(Reply).where(Reply.notification_id == notification.id)).all()) == 1
+    expected = RecipientStatus.DECLINED if outcome == NotificationOutcome.APPLIED else status
+    assert _fresh(invite).recipient(ANN).status == expected
+    queued = db.session.scalar(select(func.count()).select_from(OutboxMessage)
+                               .where(OutboxMessage.kind == OutboxKind.CALLBACK))
+    assert queued == (1 if unusual is _give_a_callback_url else 0)
+
+
+def test_on_postgresql_an_unusual_notification_is_read_after_the_one_statement_wrote_nothing(app, client, invite,
+                                                                                             statements_sent):
+    """Someone not on the invite: the one statement finds no such recipient and writes nothing,
+    then the invite is read, and the notification recorded as from an unknown recipient."""
+    assert post(client, single("BOOK-1", BOB, "accepted")).status_code == 200
+    responses = []
+    sent = statements_sent(lambda: responses.append(post(client, single("BOOK-1", "frontdesk@example.org",
+                                                                        "declined"))))
+    assert responses[0].get_json()["outcome"] == "unknown_recipient"
+    assert sent == ["WITH", "SELECT", "WITH"]
+    assert _count(Notification) == 2
 
 
 def test_two_replies_decided_at_once_keep_the_newer_whichever_is_written_last(app, invite):

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -185,16 +186,26 @@ _INSERT_REPLIES = PlainWrite(insert(Reply.__table__).values({name: bindparam(nam
 _R_STAMP, _R_SEQUENCE = _RECIPIENTS.c.last_reply_dtstamp, _RECIPIENTS.c.last_reply_sequence
 _NEW_STAMP = bindparam("last_reply_dtstamp", type_=_R_STAMP.type)
 _NEW_SEQUENCE = bindparam("last_reply_sequence", type_=_R_SEQUENCE.type)
-_UPDATE_RECIPIENT = PlainWrite(update(_RECIPIENTS).where(
-    _RECIPIENTS.c.id == bindparam("recipient_id"),
-    or_(_R_STAMP.is_(None), _NEW_STAMP.is_(None),
-        tuple_(_R_STAMP, func.coalesce(_R_SEQUENCE, 0)) <= tuple_(_NEW_STAMP, func.coalesce(_NEW_SEQUENCE, 0))),
-).values({**{name: bindparam(name) for name in ("status", "comment", "proposal_start", "proposal_end",
-                                                    "proposal_tzid", "replied_at", "needs_attention")},
-           "last_reply_dtstamp": _NEW_STAMP, "last_reply_sequence": _NEW_SEQUENCE}))
-# In SQL, so two notifications applied at once both count.
-_BUMP_VERSION = PlainWrite(update(_INVITES).where(_INVITES.c.id == bindparam("invite_id")).values(
-    version=_INVITES.c.version + 1, updated_at=bindparam("now")))
+_IN_ORDER = or_(_R_STAMP.is_(None), _NEW_STAMP.is_(None),  # ``_is_newer``, in SQL
+                tuple_(_R_STAMP, func.coalesce(_R_SEQUENCE, 0)) <= tuple_(_NEW_STAMP, func.coalesce(_NEW_SEQUENCE, 0)))
+
+
+def _update_recipient(recipient_id):
+    """The recipient's UPDATE; ``recipient_id``: a bind parameter, or the column of a CTE."""
+    return update(_RECIPIENTS).where(_RECIPIENTS.c.id == recipient_id, _IN_ORDER).values(
+        {**{name: bindparam(name) for name in ("status", "comment", "proposal_start", "proposal_end", "proposal_tzid",
+                                               "replied_at", "needs_attention")},
+         "last_reply_dtstamp": _NEW_STAMP, "last_reply_sequence": _NEW_SEQUENCE})
+
+
+def _bump_version(invite_id):
+    """In SQL, so two notifications applied at once both count; ``invite_id`` as above."""
+    return update(_INVITES).where(_INVITES.c.id == invite_id).values(version=_INVITES.c.version + 1,
+                                                                     updated_at=bindparam("now"))
+
+
+_UPDATE_RECIPIENT = PlainWrite(_update_recipient(bindparam("recipient_id")))
+_BUMP_VERSION = PlainWrite(_bump_version(bindparam("invite_id")))
 _NOTIFICATION_COLUMNS = ("source", "dedupe_key", "body", "smart_invite_id", "invite_id", "outcome", "detail",
                          "received_at")
 
@@ -235,9 +246,11 @@ def apply_notification(payload: dict, **options) -> ApplyResult:
     is expired, as a commit of its own would have done.
 
     On a database server the connection comes from the read pool, in autocommit and without
-    the main pool's pre-ping, and the usual notification (one reply, no callback to queue) is
-    two round trips: the invite read, then every write in one statement (``in_one_statement``),
-    atomic by itself. Anything else is written in a transaction. If the connection turns out
+    the main pool's pre-ping. The usual notification (one reply, from a recipient on an invite
+    without a callback URL) is one round trip: one statement that reads and writes it as
+    ``decide`` would (``_apply_usual``). When the invite turns out otherwise, that statement
+    writes nothing, and the notification takes two round trips or more: the invite read, then
+    every write in one statement where ``in_one_statement`` allows, else in a transaction. If the connection turns out
     dead, the whole notification is applied again on a new one: nothing was committed, or, if
     the connection died with the commit in flight, the second attempt finds the delivery
     recorded and answers "duplicate"."""
@@ -256,6 +269,9 @@ def _apply_on_read_pool(engine, payload: dict, options: dict) -> ApplyResult:
     for attempt in (1, 2):
         with engine.connect() as connection:  # in autocommit: each statement commits itself
             try:
+                applied = _apply_usual(payload, connection, **options)
+                if applied is not None:
+                    return applied
                 # Read outside a transaction: under READ COMMITTED, which the writes run at,
                 # every statement sees what is committed when it starts, in a transaction or not.
                 return write_committed(decide(payload, connection=connection, **options), connection)
@@ -353,17 +369,40 @@ def decide(payload: dict, *, source: NotificationSource, raw: bytes | str | None
     """Read, on ``connection``, the invite and the recipients the notification names, and decide
     what it changes: what ``record_notification`` would write (``_write``, or in one
     statement: :func:`in_one_statement`), written by neither yet."""
-    body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or json.dumps(payload, sort_keys=True))
-    key = dedupe_key or f"{source.value}:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
-    reference, replies, from_reply = parse_payload(payload)
-    now = now_utc()
-    emails = list(dict.fromkeys(reply.email for reply in replies))
+    notice = _Notice.of(payload, source, raw, dedupe_key)
+    reference, emails = notice.reference, list(dict.fromkeys(reply.email for reply in notice.replies))
     if preloaded is not None and preloaded.reference == reference and preloaded.emails == tuple(emails):
         rows = preloaded.rows
     elif len(emails) == 1:
         rows = _LOAD_INVITE_NAMING_ONE.all(connection, reference=reference, email=emails[0])
     else:
         rows = connection.execute(_LOAD_INVITE_NAMING_ANY, {"reference": reference, "emails": emails}).all()
+    return _plan(notice, rows, source, dtstamp, sequence)
+
+
+@dataclass(frozen=True)
+class _Notice:
+    """What a notification says, before the invite is read."""
+
+    body: str  # as received (kept)
+    key: str  # its dedupe key
+    reference: str  # the smart_invite_id
+    replies: list[StatusReply]
+    from_reply: bool  # it named a single "reply" (or "recipient")
+    now: datetime
+
+    @classmethod
+    def of(cls, payload: dict, source: NotificationSource, raw: bytes | str | None, dedupe_key: str | None):
+        body = (raw.decode("utf-8", "replace") if isinstance(raw, bytes)
+                else (raw or json.dumps(payload, sort_keys=True)))
+        key = dedupe_key or f"{source.value}:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+        return cls(body, key, *parse_payload(payload), now_utc())
+
+
+def _plan(notice: _Notice, rows: list, source: NotificationSource, dtstamp: datetime | None,
+          sequence: int | None) -> _Plan:
+    """``decide``'s plan, from the ``APPLY_COLUMNS`` rows of the invite and the recipients named."""
+    reference, replies, from_reply, now = notice.reference, notice.replies, notice.from_reply, notice.now
     invite = (_Invite(rows[0].invite_id, rows[0].smart_invite_id, rows[0].callback_url, rows[0].single_recipient,
                       rows[0].api_client_id) if rows else None)
     recipients = {row.email: _recipient(row) for row in rows if row.id is not None}
@@ -376,7 +415,7 @@ def decide(payload: dict, *, source: NotificationSource, raw: bytes | str | None
         result.detail = "no recipient status in the notification"
     else:
         history, applied = _apply_replies(recipients, replies, from_reply, source, dtstamp, sequence, now, result)
-    notification = dict(source=source, dedupe_key=key, body=body, smart_invite_id=reference[:256],
+    notification = dict(source=source, dedupe_key=notice.key, body=notice.body, smart_invite_id=reference[:256],
                         invite_id=invite.id if invite is not None and replies else None, outcome=result.outcome,
                         detail=result.detail, received_at=now)
     return _Plan(result, notification, invite, replies, recipients, history, applied, now)
@@ -462,6 +501,77 @@ def _one_statement_of(history_rows: int, update_recipient: PlainWrite | None, bu
     extra = also(notification)
     return PlainSelect(select(notification.c.id, extra.c.id.label("also_id"))
                        .select_from(notification.join(extra, true())).add_cte(*ctes, extra))
+
+
+# What ``_plan`` is given for the usual notification, as far as its decision depends on it: the invite
+# there without a callback URL, and the recipient named on it, neither removed nor answered later.
+# Which invite and recipient those are, and whether they are so, ``_usual_statement`` finds out.
+_UsualRow = namedtuple("_UsualRow", [column.name for column in APPLY_COLUMNS])
+
+
+def _apply_usual(payload: dict, connection: Connection, *, source: NotificationSource,
+                 raw: bytes | str | None = None, dedupe_key: str | None = None, dtstamp: datetime | None = None,
+                 sequence: int | None = None, preloaded: Preloaded | None = None) -> ApplyResult | None:
+    """PostgreSQL: the usual notification, one reply from a recipient on an invite without a callback
+    URL, read, decided and written in one statement, on ``connection`` in autocommit: one round trip,
+    where reading the invite first takes two. Decided as ``decide`` would, from the row it would read
+    if the invite is so (``_UsualRow``), and written only if it is. None, with nothing written, for
+    any other notification or invite: ``decide`` reads the invite and says why."""
+    notice = _Notice.of(payload, source, raw, dedupe_key)
+    if preloaded is not None or not notice.from_reply or len(notice.replies) != 1:
+        return None
+    reply = notice.replies[0]
+    # Ids 0: the statement writes the ones it finds.
+    usual = _UsualRow(invite_id=0, smart_invite_id=notice.reference, callback_url=None, single_recipient=False,
+                      api_client_id=None, id=0, email=reply.email, status=RecipientStatus.PENDING, comment="",
+                      proposal_start=None, proposal_end=None, proposal_tzid=None, last_reply_dtstamp=None,
+                      last_reply_sequence=None)
+    plan = _plan(notice, [usual], source, dtstamp, sequence)
+    if plan.result.outcome != NotificationOutcome.APPLIED:
+        return None  # e.g. a status we do not know, which is recorded as not applied
+    found = _usual_statement().first(connection, reference=notice.reference, email=reply.email,
+                                     **plan.one_statement_values())
+    if found.invite_id is None:
+        return None  # not the usual invite, or no such invite: nothing was written
+    plan.result.invite_id = found.invite_id
+    return plan.recorded(found.notification_id)
+
+
+@functools.cache
+def _usual_statement() -> PlainSelect:
+    """``_apply_usual``'s statement. The invite ``reference`` and its recipient ``email``, if the
+    invite has no callback URL and the recipient was not removed nor answered later (``_IN_ORDER``);
+    then, as ``in_one_statement`` writes them for that invite and recipient, the notification (ON
+    CONFLICT (dedupe_key) DO NOTHING) and, only if it is new, the history row, the recipient and
+    the version. Its row: the notification's id (None for a repeated delivery) and the invite's
+    (None, and nothing written, when the invite is not so)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    target = (select(_INVITES.c.id.label("invite_id"), _RECIPIENTS.c.id.label("recipient_id"))
+              .select_from(_INVITES.join(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id)
+                                         & (_RECIPIENTS.c.email == bindparam("email"))))
+              .where(_INVITES.c.smart_invite_id == bindparam("reference"),
+                     func.coalesce(_INVITES.c.callback_url, "") == "",
+                     _RECIPIENTS.c.status != RecipientStatus.REMOVED, _IN_ORDER)
+              .cte("target"))
+    notifications = Notification.__table__
+    notification = (pg_insert(notifications).from_select(_NOTIFICATION_COLUMNS, select(*(
+        target.c.invite_id if name == "invite_id" else bindparam(name, type_=notifications.c[name].type)
+        for name in _NOTIFICATION_COLUMNS)))
+        .on_conflict_do_nothing(index_elements=[notifications.c.dedupe_key])
+        .returning(notifications.c.id).cte("notification"))
+    recorded = exists(select(notification.c.id))
+    replies = Reply.__table__
+    found = {"invite_id": target.c.invite_id, "recipient_id": target.c.recipient_id,
+             "notification_id": notification.c.id}
+    history = insert(replies).from_select(_REPLY_COLUMNS, select(*(
+        found[name] if name in found else bindparam(f"h0_{name}", type_=replies.c[name].type)
+        for name in _REPLY_COLUMNS)).select_from(target.join(notification, true()))).cte("history")
+    recipient = _update_recipient(target.c.recipient_id).where(recorded).cte("recipient")
+    version = _bump_version(target.c.invite_id).where(recorded).cte("version")
+    return PlainSelect(select(select(notification.c.id).scalar_subquery().label("notification_id"),
+                              select(target.c.invite_id).scalar_subquery().label("invite_id"))
+                       .add_cte(history, recipient, version))
 
 
 def _apply_replies(recipients: dict[str, _Recipient], replies: list[StatusReply], from_reply: bool,
