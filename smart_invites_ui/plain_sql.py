@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import threading
 from collections import namedtuple
+from datetime import datetime
 
 from flask import Flask, current_app
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, type_coerce, types
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Insert, Select, Update
@@ -261,3 +262,56 @@ class PlainWrite:
                 cursor.executemany(compiled.string, [bind(row) for row in rows])
         finally:
             cursor.close()
+
+
+class JsonRows(types.TypeDecorator):
+    """What ``json_rows`` reads: the rows of its query, as the named tuples a
+    :class:`PlainSelect` of that query gives, each column converted by its own type."""
+
+    impl = types.JSON
+    cache_ok = False  # it holds its query's columns (plain statements are compiled once anyway)
+
+    def __init__(self, query: Select):
+        super().__init__()
+        self.columns = [(column.key, column.type) for column in query.selected_columns]
+        self.row_type = namedtuple("PlainRow", [key for key, _ in self.columns], rename=True)
+
+    def result_processor(self, dialect, coltype):
+        load = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
+        converters = [_from_json(type_, dialect) for _, type_ in self.columns]
+        make = self.row_type._make
+
+        def process(value):
+            if load is not None:
+                value = load(value)
+            if value is None:  # no rows
+                return []
+            return [make([item if convert is None or item is None else convert(item)
+                          for convert, item in zip(converters, row)]) for row in value]
+
+        return process
+
+
+def _from_json(type_, dialect):
+    """A column's value as JSON gives it, converted as the column's own value would be: a
+    timestamp is an ISO string there."""
+    process = type_._cached_result_processor(dialect, None)
+    impl = type_.impl_instance if isinstance(type_, types.TypeDecorator) else type_
+    if not isinstance(impl, types.DateTime):
+        return process
+    if process is None:
+        return datetime.fromisoformat
+    return lambda value: process(datetime.fromisoformat(value))
+
+
+def json_rows(query: Select):
+    """PostgreSQL: the rows of ``query``, in its ORDER BY, as one JSON array of arrays: a
+    column of another query (which a :class:`PlainSelect` reads back as ``query``'s rows,
+    ``JsonRows``). Several such columns read several queries' rows in one statement, where
+    each query costs a statement of its own (its execution, its result) on both sides."""
+    from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+    row = func.json_build_array(*query.selected_columns)
+    order = query._order_by_clauses
+    rows = func.json_agg(aggregate_order_by(row, *order) if order else row)
+    return type_coerce(query.with_only_columns(rows).order_by(None).scalar_subquery(), JsonRows(query))

@@ -351,3 +351,53 @@ def test_on_postgresql_a_poll_is_one_round_trip_and_a_changed_one_two(staff, rou
     assert proxy.during(lambda: changed.append(poll(client, invite, 0))) == 2
     assert unchanged[0].status_code == 204
     assert changed[0].status_code == 200 and polled_version(changed[0].get_data(as_text=True)) == version
+
+
+def test_on_postgresql_a_changed_polls_fragment_is_read_in_one_statement(staff, statements_sent):
+    """The check, then one statement for the invite, its recipients, replies and emails, where
+    the three queries sent together (one round trip still) cost this process and the server a
+    statement each."""
+    invite = make_invite()
+    assert poll(staff.client, invite, 0).status_code == 200  # the read pool has its connections
+    responses = []
+    sent = statements_sent(lambda: responses.append(poll(staff.client, invite, 0)))
+    assert responses[0].status_code == 200 and polled_version(responses[0].get_data(as_text=True)) == version_of(invite)
+    assert sent == ["SELECT", "SELECT"]
+
+
+def test_on_postgresql_the_one_statement_reads_what_the_three_queries_read(app, deliver):
+    """``live_in_one_statement`` carries the recipients, replies and emails as JSON: they come
+    back as the same rows, with the same values (aware datetimes to the microsecond, enums,
+    booleans, None), in the same order, as ``live_together`` reads them."""
+    from smart_invites_ui.invites import _RECIPIENTS, live_in_one_statement, live_together
+    from smart_invites_ui.models import Recipient
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the one statement is PostgreSQL's (SQLite reads the three queries in this process)")
+    invite = make_invite(emails=("ann@example.org", "bob@example.org", "cy@example.org", "di@example.org"))
+    deliver()  # the invitations sent: states, transports and times
+    proposal = {"start": {"time": "2031-03-02T09:30:00Z", "tzid": "Europe/London"},
+                "end": {"time": "2031-03-02T10:00:00Z", "tzid": "Europe/London"}}
+    apply_notification({"smart_invite": {"smart_invite_id": invite.smart_invite_id, "reply": {
+        "email": "ann@example.org", "status": "tentative", "comment": 'Later? "Quotes", <tags> & ünïcode',
+        "proposal": proposal}}}, source=NotificationSource.WEBHOOK)
+    answer(invite, "bob@example.org", "declined", "Away")
+    answer(invite, "frontdesk@example.org", "accepted")  # not on the invite: a history row not applied
+    invite = db.session.get(Invite, invite.id)
+    invite_service.remove_recipient(invite, db.session.get(Recipient, invite.recipient("di@example.org").id))
+    db.session.expire_all()
+
+    with app.test_request_context():
+        one, three = live_in_one_statement(invite.id), live_together(invite.id)
+        assert live_in_one_statement(987654) is None and live_together(987654) is None
+    assert one[0] == three[0]
+    fields = _RECIPIENTS._for(db.engine.dialect)[3]._fields
+    assert [row._fields for row in one[1]] == [fields] * 4
+    assert one[1] == [tuple(getattr(row, name) for name in fields) for row in three[1]]
+    assert (one[2], one[3]) == (three[2], three[3])
+    assert [row._fields for row in one[2] + one[3]] == [row._fields for row in three[2] + three[3]]
+    ann = one[1][0]
+    assert ann.proposal_start.tzinfo is not None and ann.needs_attention is True
+    assert [r.status.value for r in one[1]] == ["tentative", "declined", "pending", "removed"]
+    assert [r.applied for r in one[2]] == [False, True, True]
+    assert {m.state.value for m in one[3]} == {"sent", "queued"} and all(m.sent_at for m in one[3][-4:])
