@@ -101,6 +101,10 @@ def from_environment(environ: dict[str, str], instance_path: str) -> dict:
         "MAX_CONTENT_LENGTH": 30 * 1024 * 1024,
         "OUTBOX_BATCH_SIZE": int(environ.get("OUTBOX_BATCH_SIZE", "50")),
         "OUTBOX_LEASE_SECONDS": int(environ.get("OUTBOX_LEASE_SECONDS", "300")),
+        # SMTP connections a worker delivers a batch on, side by side (threads): for a relay far
+        # away, where each message waits tens of milliseconds. One by default: against a server
+        # on loopback, threads only contend for the GIL (bench/results/2026-11-22-postgresql.md).
+        "OUTBOX_CONNECTIONS": max(int(environ.get("OUTBOX_CONNECTIONS", "1")), 1),
         # First wait before an email is retried; it doubles with each attempt, up to 4 h.
         "OUTBOX_RETRY_BASE_SECONDS": float(environ.get("OUTBOX_RETRY_BASE_SECONDS", "30")),
         "WORKER_POLL_SECONDS": float(environ.get("WORKER_POLL_SECONDS", "1")),

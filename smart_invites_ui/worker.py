@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask, current_app
 
@@ -30,12 +31,36 @@ class Worker:
         self.next_due: dict[str, float] = {}  # a periodic duty's name -> when it is due next (monotonic)
 
     def run_once(self) -> outbox.DeliveryStats:
-        """Claim and deliver one batch; returns what happened."""
+        """Claim and deliver one batch; returns what happened.
+
+        With ``OUTBOX_CONNECTIONS`` above 1, the batch is delivered in that many groups side
+        by side, each on a thread with its own SMTP connection and database session
+        (``outbox.split_claim`` keeps each recipient's rows in one group, in order): a relay on
+        the internet takes tens of milliseconds per message, which one connection waits out
+        message by message."""
         with self.app.app_context():
             config = current_app.config
-            ids = outbox.claim(config["OUTBOX_BATCH_SIZE"], self.worker_id, config["OUTBOX_LEASE_SECONDS"])
-            if not ids:
-                return outbox.DeliveryStats()
+            try:
+                ids = outbox.claim(config["OUTBOX_BATCH_SIZE"], self.worker_id, config["OUTBOX_LEASE_SECONDS"])
+                if not ids:
+                    return outbox.DeliveryStats()
+                groups = outbox.split_claim(ids, config["OUTBOX_CONNECTIONS"])
+            finally:
+                db.session.remove()
+        if len(groups) == 1:
+            return self._deliver(ids)
+        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="outbox") as pool:
+            done = [pool.submit(self._deliver, group) for group in groups]
+        stats = outbox.DeliveryStats(ids=list(ids))
+        for future in done:  # (each group's outcomes are committed already; a failure is raised here)
+            delivered = future.result()
+            for name in ("sent", "failed", "retried", "superseded"):
+                setattr(stats, name, getattr(stats, name) + getattr(delivered, name))
+        return stats
+
+    def _deliver(self, ids: list[int]) -> outbox.DeliveryStats:
+        """Deliver claimed rows on an SMTP connection and a database session of their own."""
+        with self.app.app_context():
             emails = email_deliverer()
             try:
                 return outbox.deliver_claimed(ids, self.deliverers(emails), should_stop=self.stop_event.is_set)

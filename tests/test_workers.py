@@ -27,9 +27,9 @@ import pytest
 from sqlalchemy import func, select
 
 from smart_invites_ui.extensions import db
-from smart_invites_ui.models import OutboxMessage, OutboxState, now_utc
+from smart_invites_ui.models import Invite, OutboxMessage, OutboxState, now_utc
 from smart_invites_ui.services import invites as invite_service
-from tests.conftest import free_port, make_event
+from tests.conftest import free_port, future, make_event
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = Path(sys.executable).parent / "flask"
@@ -50,14 +50,21 @@ class Mailbox:
         self.delay = 0.0
         self.hold_after: int | None = None
         self.release = threading.Event()
+        self.in_hand = 0  # messages received and not yet answered
+        self.most_in_hand = 0
 
     async def handle_DATA(self, server, session, envelope):
         self.received.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.hold_after is not None and len(self.received) > self.hold_after:
-            while not self.release.is_set():
-                await asyncio.sleep(0.02)
+        self.in_hand += 1
+        self.most_in_hand = max(self.most_in_hand, self.in_hand)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.hold_after is not None and len(self.received) > self.hold_after:
+                while not self.release.is_set():
+                    await asyncio.sleep(0.02)
+        finally:
+            self.in_hand -= 1
         return "250 OK"
 
     def per_recipient(self) -> Counter:
@@ -220,10 +227,55 @@ def test_three_workers_send_300_emails_each_exactly_once(app, workers, mailbox):
     assert all(m.attempts == 1 and m.claimed_by is None for m in rows())
 
 
+def test_a_worker_sends_its_batch_on_several_smtp_connections_at_once(app, workers, mailbox):
+    """``OUTBOX_CONNECTIONS``: a batch goes out on that many SMTP connections side by side, as a
+    slow relay needs; every recipient gets exactly one email."""
+    addresses = queue_invites(6, 3)
+    mailbox.delay = 0.3  # a slow server: sequentially, 18 emails would take 5.4 s
+    started = time.monotonic()
+    workers.start("worker", mailbox.url, OUTBOX_BATCH_SIZE="50", OUTBOX_CONNECTIONS="3")
+    wait_until(lambda: count(OutboxState.SENT) == 18, timeout=60, what="18 emails sent", workers=workers)
+    assert mailbox.per_recipient() == Counter({address: 1 for address in addresses})
+    assert mailbox.most_in_hand == 3
+    assert all(m.attempts == 1 and m.claimed_by is None for m in rows())
+    print(f"\n18 emails on 3 connections, 0.3 s each at the server: {time.monotonic() - started:.1f} s "
+          "(worker start included)")
+
+
+def test_a_batch_is_split_with_each_recipients_mail_in_one_group_in_order(app):
+    """``split_claim``: a recipient's rows (an update after the invitation, a cancellation after
+    that) are never delivered side by side, so they cannot overtake each other."""
+    from smart_invites_ui.services import outbox
+
+    queue_invites(2, 2)
+    invite = db.session.scalars(select(Invite).order_by(Invite.id)).first()
+    for hour in (10, 11):  # two updates, each queueing another email to both its recipients
+        invite_service.update_event(invite, make_event(start=future(days=3, hour=hour),
+                                                       end=future(days=3, hour=hour + 1)))
+    rows_by_id = {m.id: m for m in rows()}
+    claimed = outbox.Claim(sorted(rows_by_id), "worker:token", 300)
+
+    groups = outbox.split_claim(claimed, 3)
+    assert all(isinstance(group, outbox.Claim) and group.token == "worker:token" for group in groups)
+    assert sorted(i for group in groups for i in group) == sorted(claimed)
+    # 4 recipients (3, 3, 1 and 1 rows), each to the group with the fewest rows when first seen
+    assert [len(group) for group in groups] == [4, 3, 1]
+    for group in groups:
+        assert group == sorted(group)
+    by_recipient: dict = {}
+    for index, group in enumerate(groups):
+        for message_id in group:
+            by_recipient.setdefault(rows_by_id[message_id].target, set()).add(index)
+    assert all(len(found) == 1 for found in by_recipient.values()) and len(by_recipient) == 4
+    assert outbox.split_claim(claimed, 1) == [claimed]
+
+
 def test_worker_killed_mid_batch_loses_nothing_and_duplicates_at_most_the_email_in_hand(app, workers, mailbox):
     addresses = queue_invites(4, 3)
     mailbox.delay, mailbox.hold_after = 0.2, 2
-    victim = workers.start("victim", mailbox.url, OUTBOX_BATCH_SIZE="50", OUTBOX_LEASE_SECONDS="2")
+    # One SMTP connection (the default): one email in hand (with several, one in hand on each).
+    victim = workers.start("victim", mailbox.url, OUTBOX_BATCH_SIZE="50", OUTBOX_LEASE_SECONDS="2",
+                           OUTBOX_CONNECTIONS="1")
     # The third email has reached the server, which has not answered 250 yet.
     wait_until(lambda: len(mailbox.received) >= 3, timeout=20, what="three emails received", workers=workers)
     victim.kill()
@@ -258,7 +310,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_at_most_the_email_
 def test_sigterm_finishes_the_email_in_hand_hands_back_the_rest_and_exits_in_time(app, workers, mailbox):
     queue_invites(4, 3)
     mailbox.hold_after = 1
-    worker = workers.start("worker", mailbox.url, OUTBOX_BATCH_SIZE="50")
+    worker = workers.start("worker", mailbox.url, OUTBOX_BATCH_SIZE="50", OUTBOX_CONNECTIONS="1")  # one in hand
     wait_until(lambda: len(mailbox.received) >= 2, timeout=20, what="two emails received", workers=workers)
 
     signalled = time.monotonic()

@@ -285,6 +285,31 @@ def _record_in_one_statement(columns: tuple[str, ...], bump: bool, renew: bool) 
     return PlainSelect(main.add_cte(*ctes) if ctes else main)
 
 
+def split_claim(ids: list[int], ways: int) -> list[list[int]]:
+    """The claimed rows in up to ``ways`` groups, to be delivered side by side: every row to
+    one recipient (an invite's address, a callback's URL) in the same group, in the claim's
+    order, so that nobody gets an update before the invite it updates, nor a callback an
+    older status after a newer one. Each recipient goes to the group with the fewest rows so
+    far. A :class:`Claim` is split into Claims with its token."""
+    if ways <= 1 or len(ids) <= 1:
+        return [ids]
+    recipients = {row.id: (row.invite_id, row.target) for row in db.session.execute(
+        select(_outbox.c.id, _outbox.c.invite_id, _outbox.c.target).where(_outbox.c.id.in_(ids)))}
+    db.session.commit()  # a read: no transaction is left open (deliver_claimed may run in autocommit)
+    groups: list[list[int]] = []
+    group_of: dict = {}
+    for message_id in ids:
+        key = recipients.get(message_id, message_id)  # (a row gone since: deliver_claimed skips it)
+        if key not in group_of:
+            if len(groups) < ways:
+                groups.append([])
+            group_of[key] = min(range(len(groups)), key=lambda index: len(groups[index]))
+        groups[group_of[key]].append(message_id)
+    if isinstance(ids, Claim):
+        return [Claim(group, ids.token, ids.lease_seconds) for group in groups]
+    return groups
+
+
 def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
                     should_stop: Callable[[], bool] = lambda: False) -> DeliveryStats:
     """Deliver claimed rows one by one, committing each outcome as soon as it is known.
