@@ -266,15 +266,16 @@ def apply_notification(payload: dict, **options) -> ApplyResult:
 
 
 def _apply_on_read_pool(engine, payload: dict, options: dict) -> ApplyResult:
+    notice = _Notice.of(payload, options["source"], options.pop("raw", None), options.pop("dedupe_key", None))
     for attempt in (1, 2):
         with engine.connect() as connection:  # in autocommit: each statement commits itself
             try:
-                applied = _apply_usual(payload, connection, **options)
+                applied = _apply_usual(notice, connection, **options)
                 if applied is not None:
                     return applied
                 # Read outside a transaction: under READ COMMITTED, which the writes run at,
                 # every statement sees what is committed when it starts, in a transaction or not.
-                return write_committed(decide(payload, connection=connection, **options), connection)
+                return write_committed(_decide(notice, connection, **options), connection)
             except BaseException as exc:
                 lost = connection_lost(engine.dialect, exc, connection.connection.dbapi_connection)
                 if lost and not connection.invalidated:
@@ -369,7 +370,13 @@ def decide(payload: dict, *, source: NotificationSource, raw: bytes | str | None
     """Read, on ``connection``, the invite and the recipients the notification names, and decide
     what it changes: what ``record_notification`` would write (``_write``, or in one
     statement: :func:`in_one_statement`), written by neither yet."""
-    notice = _Notice.of(payload, source, raw, dedupe_key)
+    return _decide(_Notice.of(payload, source, raw, dedupe_key), connection, source=source, dtstamp=dtstamp,
+                   sequence=sequence, preloaded=preloaded)
+
+
+def _decide(notice: _Notice, connection: Connection, *, source: NotificationSource, dtstamp: datetime | None = None,
+            sequence: int | None = None, preloaded: Preloaded | None = None) -> _Plan:
+    """``decide``, for a notification already read (``_Notice``)."""
     reference, emails = notice.reference, list(dict.fromkeys(reply.email for reply in notice.replies))
     if preloaded is not None and preloaded.reference == reference and preloaded.emails == tuple(emails):
         rows = preloaded.rows
@@ -472,30 +479,58 @@ def in_one_statement(dialect, plan: _Plan, also=None) -> PlainSelect | None:
         return None
     if plan.applied and plan.invite.callback_url:
         return None
-    # The module's statements as they are now (a test swaps one for a statement the database refuses).
-    return _one_statement_of(len(plan.history), _UPDATE_RECIPIENT if plan.applied else None, _BUMP_VERSION, also)
+    return _one_statement_of(len(plan.history), bool(plan.applied), also)
 
 
 @functools.lru_cache(maxsize=16)
-def _one_statement_of(history_rows: int, update_recipient: PlainWrite | None, bump_version: PlainWrite,
-                      also=None) -> PlainSelect:
+def _one_statement_of(history_rows: int, applied: bool, also=None, usual: bool = False) -> PlainSelect:
     """INSERT the notification (ON CONFLICT DO NOTHING RETURNING id) in a WITH, and, each only
-    if that inserted a row, the history rows, the recipient's UPDATE and the version's: all
-    or nothing, and nothing for a repeated delivery. Its id, or no row for a repeat."""
-    notification = _insert_notification("postgresql").statement.cte("notification")
+    if that inserted a row, the history rows, the recipient's UPDATE (``applied``) and the
+    version's: all or nothing, and nothing for a repeated delivery. Its row: the notification's
+    id, or no row for a repeat.
+
+    ``usual`` (``_apply_usual``): the invite and recipient are not given but found, by
+    ``reference`` and ``email``, and only if the invite has no callback URL and the recipient
+    was neither removed nor answered later (``_IN_ORDER``); nothing is written otherwise. Its
+    row then always comes: the notification's id (None for a repeat) and the invite's (None
+    when it was not found so)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    if usual:
+        target = (select(_INVITES.c.id.label("invite_id"), _RECIPIENTS.c.id.label("recipient_id"))
+                  .select_from(_INVITES.join(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id)
+                                             & (_RECIPIENTS.c.email == bindparam("email"))))
+                  .where(_INVITES.c.smart_invite_id == bindparam("reference"),
+                         func.coalesce(_INVITES.c.callback_url, "") == "",
+                         _RECIPIENTS.c.status != RecipientStatus.REMOVED, _IN_ORDER)
+                  .cte("target"))
+        invite_id, recipient_id = target.c.invite_id, target.c.recipient_id
+    else:
+        invite_id = bindparam("invite_id", type_=_INVITES.c.id.type)
+        recipient_id = bindparam("recipient_id", type_=_RECIPIENTS.c.id.type)
+    notifications, replies = Notification.__table__, Reply.__table__
+    new = select(*(invite_id if name == "invite_id" else bindparam(name, type_=notifications.c[name].type)
+                   for name in _NOTIFICATION_COLUMNS))
+    notification = (pg_insert(notifications).from_select(_NOTIFICATION_COLUMNS, new)
+                    .on_conflict_do_nothing(index_elements=[notifications.c.dedupe_key])
+                    .returning(notifications.c.id).cte("notification"))
     recorded = exists(select(notification.c.id))
-    replies = Reply.__table__
-    rows = [select(*(notification.c.id if name == "notification_id"
+    found = {"invite_id": invite_id, "recipient_id": recipient_id} if usual else {}
+    rows = [select(*(notification.c.id if name == "notification_id" else found[name] if name in found
                      else bindparam(f"h{index}_{name}", type_=replies.c[name].type) for name in _REPLY_COLUMNS))
+            .select_from(target.join(notification, true()) if usual else notification)
             for index in range(history_rows)]
     ctes = []
     if rows:
         ctes.append(insert(replies).from_select(_REPLY_COLUMNS, rows[0] if len(rows) == 1 else union_all(*rows))
                     .cte("history"))
-    if update_recipient is not None:
-        ctes.append(update_recipient.statement.where(recorded).cte("recipient"))
+    if applied:
+        ctes.append(_update_recipient(recipient_id).where(recorded).cte("recipient"))
     # Its invite_id is the notification's (this statement is only for notifications with replies).
-    ctes.append(bump_version.statement.where(recorded).cte("version"))
+    ctes.append(_bump_version(invite_id).where(recorded).cte("version"))
+    if usual:
+        return PlainSelect(select(select(notification.c.id).scalar_subquery().label("notification_id"),
+                                  select(target.c.invite_id).scalar_subquery().label("invite_id")).add_cte(*ctes))
     if also is None:
         return PlainSelect(select(notification.c.id).add_cte(*ctes))
     extra = also(notification)
@@ -505,19 +540,18 @@ def _one_statement_of(history_rows: int, update_recipient: PlainWrite | None, bu
 
 # What ``_plan`` is given for the usual notification, as far as its decision depends on it: the invite
 # there without a callback URL, and the recipient named on it, neither removed nor answered later.
-# Which invite and recipient those are, and whether they are so, ``_usual_statement`` finds out.
+# Which invite and recipient those are, and whether they are so, its statement finds out.
 _UsualRow = namedtuple("_UsualRow", [column.name for column in APPLY_COLUMNS])
 
 
-def _apply_usual(payload: dict, connection: Connection, *, source: NotificationSource,
-                 raw: bytes | str | None = None, dedupe_key: str | None = None, dtstamp: datetime | None = None,
-                 sequence: int | None = None, preloaded: Preloaded | None = None) -> ApplyResult | None:
+def _apply_usual(notice: _Notice, connection: Connection, *, source: NotificationSource,
+                 dtstamp: datetime | None = None, sequence: int | None = None,
+                 preloaded: Preloaded | None = None) -> ApplyResult | None:
     """PostgreSQL: the usual notification, one reply from a recipient on an invite without a callback
     URL, read, decided and written in one statement, on ``connection`` in autocommit: one round trip,
     where reading the invite first takes two. Decided as ``decide`` would, from the row it would read
     if the invite is so (``_UsualRow``), and written only if it is. None, with nothing written, for
     any other notification or invite: ``decide`` reads the invite and says why."""
-    notice = _Notice.of(payload, source, raw, dedupe_key)
     if preloaded is not None or not notice.from_reply or len(notice.replies) != 1:
         return None
     reply = notice.replies[0]
@@ -529,49 +563,12 @@ def _apply_usual(payload: dict, connection: Connection, *, source: NotificationS
     plan = _plan(notice, [usual], source, dtstamp, sequence)
     if plan.result.outcome != NotificationOutcome.APPLIED:
         return None  # e.g. a status we do not know, which is recorded as not applied
-    found = _usual_statement().first(connection, reference=notice.reference, email=reply.email,
-                                     **plan.one_statement_values())
+    found = _one_statement_of(1, True, usual=True).first(connection, reference=notice.reference, email=reply.email,
+                                                         **plan.one_statement_values())
     if found.invite_id is None:
         return None  # not the usual invite, or no such invite: nothing was written
     plan.result.invite_id = found.invite_id
     return plan.recorded(found.notification_id)
-
-
-@functools.cache
-def _usual_statement() -> PlainSelect:
-    """``_apply_usual``'s statement. The invite ``reference`` and its recipient ``email``, if the
-    invite has no callback URL and the recipient was not removed nor answered later (``_IN_ORDER``);
-    then, as ``in_one_statement`` writes them for that invite and recipient, the notification (ON
-    CONFLICT (dedupe_key) DO NOTHING) and, only if it is new, the history row, the recipient and
-    the version. Its row: the notification's id (None for a repeated delivery) and the invite's
-    (None, and nothing written, when the invite is not so)."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-    target = (select(_INVITES.c.id.label("invite_id"), _RECIPIENTS.c.id.label("recipient_id"))
-              .select_from(_INVITES.join(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id)
-                                         & (_RECIPIENTS.c.email == bindparam("email"))))
-              .where(_INVITES.c.smart_invite_id == bindparam("reference"),
-                     func.coalesce(_INVITES.c.callback_url, "") == "",
-                     _RECIPIENTS.c.status != RecipientStatus.REMOVED, _IN_ORDER)
-              .cte("target"))
-    notifications = Notification.__table__
-    notification = (pg_insert(notifications).from_select(_NOTIFICATION_COLUMNS, select(*(
-        target.c.invite_id if name == "invite_id" else bindparam(name, type_=notifications.c[name].type)
-        for name in _NOTIFICATION_COLUMNS)))
-        .on_conflict_do_nothing(index_elements=[notifications.c.dedupe_key])
-        .returning(notifications.c.id).cte("notification"))
-    recorded = exists(select(notification.c.id))
-    replies = Reply.__table__
-    found = {"invite_id": target.c.invite_id, "recipient_id": target.c.recipient_id,
-             "notification_id": notification.c.id}
-    history = insert(replies).from_select(_REPLY_COLUMNS, select(*(
-        found[name] if name in found else bindparam(f"h0_{name}", type_=replies.c[name].type)
-        for name in _REPLY_COLUMNS)).select_from(target.join(notification, true()))).cte("history")
-    recipient = _update_recipient(target.c.recipient_id).where(recorded).cte("recipient")
-    version = _bump_version(target.c.invite_id).where(recorded).cte("version")
-    return PlainSelect(select(select(notification.c.id).scalar_subquery().label("notification_id"),
-                              select(target.c.invite_id).scalar_subquery().label("invite_id"))
-                       .add_cte(history, recipient, version))
 
 
 def _apply_replies(recipients: dict[str, _Recipient], replies: list[StatusReply], from_reply: bool,
