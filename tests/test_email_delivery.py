@@ -13,9 +13,10 @@ from email import message_from_bytes
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import default as default_policy
+from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from smart_invites_ui.extensions import db
 from smart_invites_ui.domain import ITipMethod, RecipientStatus
@@ -213,31 +214,81 @@ def _composed_ics(composed) -> dict:
     return read(part.get_payload(decode=True))
 
 
-def test_an_email_is_built_anew_when_anything_in_it_differs(app):
-    """Recipients share an email only when it would read the same: an answer, an edit or a
-    removal between two of them gives the later one the invite as it then stands."""
+def _after_own_headers(composed) -> bytes:
+    """An email but for its recipient's own To, Date and Message-ID (mail.address)."""
+    return composed.raw.split(b"\r\nMessage-ID: ", 1)[1].split(b"\r\n", 1)[1]
+
+
+def test_one_read_of_an_invite_composes_each_recipients_email(app):
+    """What recipients share is built once per read; a CANCEL to someone removed lists only them."""
     invite = make_invite(emails=(ANN, BOB, CAT, DAN))
     ann, bob, cat, dan = invite.recipients
-    composer = Composer()
-
-    to_ann = composer.compose(invite, ann, ITipMethod.REQUEST)
-    ann.status = RecipientStatus.ACCEPTED
-    to_bob = composer.compose(invite, bob, ITipMethod.REQUEST)
-    partstat = lambda composed: {a: status for a, status, *_ in _composed_ics(composed)["attendee_flags"]}
-    assert partstat(to_ann)[f"mailto:{ANN}"] == "NEEDS-ACTION"
-    assert partstat(to_bob)[f"mailto:{ANN}"] == "ACCEPTED"
-
-    invite.summary = "Check-up, now in Room 4"
-    to_cat = composer.compose(invite, cat, ITipMethod.REQUEST)
-    assert to_cat.subject == "Invitation: Check-up, now in Room 4"
-    assert _composed_ics(to_cat)["summary"] == "Check-up, now in Room 4"
-
     dan.status = RecipientStatus.REMOVED
-    cancel = composer.compose(invite, dan, ITipMethod.CANCEL)
-    to_bob_again = composer.compose(invite, bob, ITipMethod.REQUEST)
+    composer = Composer(invite)
+
+    to_ann, to_bob = (composer.compose(r, ITipMethod.REQUEST) for r in (ann, bob))
+    cancel = composer.compose(dan, ITipMethod.CANCEL)
+    to_cat = composer.compose(cat, ITipMethod.REQUEST)
+    assert _after_own_headers(to_ann) == _after_own_headers(to_bob) == _after_own_headers(to_cat)
+    assert to_ann.raw != to_bob.raw
+    assert _composed_ics(to_cat)["attendees"] == [f"mailto:{ANN}", f"mailto:{BOB}", f"mailto:{CAT}"]
     assert _composed_ics(cancel)["attendees"] == [f"mailto:{DAN}"]
     assert "no longer invited" in message_from_bytes(cancel.raw, policy=default_policy).get_body(("plain",)).get_content()
-    assert _composed_ics(to_bob_again)["attendees"] == [f"mailto:{ANN}", f"mailto:{BOB}", f"mailto:{CAT}"]
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_invites_run_of_emails_is_composed_from_one_read_for_up_to_a_second(app, monkeypatch):
+    """The worker reads an invite once for the emails to it that come one after another in a
+    batch: a change committed meanwhile is not in them (it queues emails of its own, sent after
+    them); another invite's email in between, or a second gone by, and the invite is read again."""
+    from smart_invites_ui.services import delivery
+
+    clock = _Clock()
+    monkeypatch.setattr(delivery, "monotonic", clock)
+    first, other = make_invite(emails=(ANN, BOB, CAT, DAN)), make_invite(emails=(ANN,))
+    ann, bob, cat, dan = [r.id for r in first.recipients]
+    first_id, other_id, other_ann = first.id, other.id, other.recipients[0].id
+    reads = []
+
+    def note_read(conn, cursor, statement, *rest):
+        if statement.lstrip().startswith("SELECT") and "FROM invites" in statement:
+            reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", note_read)
+    deliverer = delivery.EmailDeliverer(None)  # (the mail catcher: the rendered email is returned)
+
+    def email_to(invite_id: int, recipient_id: int) -> str:
+        row = SimpleNamespace(invite_id=invite_id, recipient_id=recipient_id, method="REQUEST", payload=None)
+        outcome = deliverer(row)
+        assert outcome.ok, outcome.error
+        return str(message_from_bytes(outcome.rendered, policy=default_policy)["Subject"])
+
+    def rename(summary: str) -> None:
+        db.session.execute(update(Invite).where(Invite.id == first_id).values(summary=summary))
+        db.session.commit()
+
+    try:
+        assert email_to(first_id, ann) == "Invitation: Dental check-up"
+        rename("Check-up, now in Room 4")
+        clock.now += 0.9
+        assert email_to(first_id, bob) == "Invitation: Dental check-up"
+        assert len(reads) == 1
+        email_to(other_id, other_ann)
+        assert email_to(first_id, cat) == "Invitation: Check-up, now in Room 4"
+        assert len(reads) == 3
+        rename("Check-up, Room 5")
+        clock.now += 1.1
+        assert email_to(first_id, dan) == "Invitation: Check-up, Room 5"
+        assert len(reads) == 4
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note_read)
 
 
 def test_the_faster_header_factory_writes_what_the_email_package_writes():

@@ -2,23 +2,23 @@
 catcher when SMTP_URL is unset), callbacks over HTTPS with their signature."""
 from __future__ import annotations
 
+from time import monotonic
+
 from flask import current_app
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import joinedload
 
 from ..domain import ITipMethod, RecipientStatus
 from ..extensions import db
-from ..models import Invite, Recipient
+from ..models import Invite
 from .invite_mail import Composer, organizer_address
 from .mail import DeliveryError, SmtpSettings, SmtpTransport, ascii_address
 from .outbox import Outcome
 
 CATCHER = "catcher"
 
-# The invite as it stands, with all its recipients (the ICS lists them) in one query,
-# built once; the email's recipient then comes from the session. As it stands now, even
-# when the session loaded it before (on PostgreSQL a batch runs in one session transaction,
-# in autocommit: outbox.deliver_claimed).
+# The invite as it stands, with all its recipients (the ICS lists them) in one query, built
+# once. As it stands now, even when the session loaded it before.
 _INVITE = (select(Invite).where(Invite.id == bindparam("invite_id")).options(joinedload(Invite.recipients))
            .execution_options(populate_existing=True))
 
@@ -26,25 +26,47 @@ _INVITE = (select(Invite).where(Invite.id == bindparam("invite_id")).options(joi
 class EmailDeliverer:
     """Renders an invite email from the invite as it stands and sends it.
 
-    One instance lives for a batch, so the SMTP connection is reused and what the
-    recipients of an invite share is built once (:class:`Composer`).
+    One instance lives for a batch, so the SMTP connection is reused. An invite's emails
+    are queued together (an edit, an import, a new invite) and so come one after another in
+    a batch: the invite is read once for each such run, and its recipients' emails are
+    composed from that read (:class:`Composer` builds what they share once), for at most
+    ``READ_SERVES_SECONDS`` (a slow relay takes a while per email). A change committed
+    meanwhile queues emails of its own, which go after these: as if these had gone out at
+    the read.
     """
+
+    READ_SERVES_SECONDS = 1.0
 
     def __init__(self, smtp_url: str | None):
         self.transport = SmtpTransport(SmtpSettings.from_url(smtp_url)) if smtp_url else None
-        self.composer = Composer()
+        # The invite read last (its id, when, and the read as a Composer, None if it is gone).
+        self._run: tuple[int | None, float, Composer | None] = (None, 0.0, None)
+
+    def _composer(self, invite_id: int | None) -> Composer | None:
+        """The Composer of the invite as read for the run of emails to it this one is in."""
+        if invite_id is None:
+            return None
+        if self._run[0] != invite_id or monotonic() - self._run[1] > self.READ_SERVES_SECONDS:
+            read_at = monotonic()
+            invite = db.session.execute(_INVITE, {"invite_id": invite_id}).unique().scalar_one_or_none()
+            if invite is not None:
+                # Kept as read: on SQLite each email's outcome is committed, which would
+                # otherwise expire it and have the next email load it again, attribute by attribute.
+                db.session.expunge(invite)
+            self._run = (invite_id, read_at, Composer(invite) if invite is not None else None)
+        return self._run[2]
 
     def __call__(self, message: Row) -> Outcome:
-        invite = (db.session.execute(_INVITE, {"invite_id": message.invite_id}).unique().scalar_one_or_none()
-                  if message.invite_id else None)
-        recipient = db.session.get(Recipient, message.recipient_id) if message.recipient_id else None
+        composer = self._composer(message.invite_id)
+        invite = composer.invite if composer is not None else None
+        recipient = next((r for r in invite.recipients if r.id == message.recipient_id), None) if invite else None
         if invite is None or recipient is None:
             return Outcome(ok=False, retry=False, error="the invite or recipient no longer exists")
         method = ITipMethod(message.method)
         if method == ITipMethod.REQUEST and (invite.is_cancelled or recipient.status == RecipientStatus.REMOVED):
             return Outcome(ok=False, error="superseded")  # a CANCEL has been queued for them instead
         try:
-            email = self.composer.compose(invite, recipient, method, message.payload)
+            email = composer.compose(recipient, method, message.payload)
         except DeliveryError as exc:  # an address no SMTP server can take
             return Outcome(ok=False, error=str(exc), retry=not exc.permanent)
         rendered = dict(rendered=email.raw, subject=email.subject, sequence=invite.sequence)

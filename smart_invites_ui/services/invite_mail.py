@@ -20,20 +20,6 @@ def attendee(recipient: Recipient) -> Attendee:
     return Attendee(email=recipient.email, name=recipient.name, status=recipient.status)
 
 
-def _ics_fields(invite: Invite, method: ITipMethod, recipients: list[Recipient]) -> dict:
-    """Everything :func:`ics.build_ics` makes the invite's ICS from (hashable values)."""
-    return dict(
-        uid=invite.uid,
-        sequence=invite.sequence,
-        event=invite.event,
-        method=method,
-        organizer_email=organizer_address(invite),
-        organizer_name=invite.organizer_name,
-        attendees=tuple(attendee(r) for r in recipients),
-        cancelled=method == ITipMethod.CANCEL,
-    )
-
-
 def invite_ics(invite: Invite, method: ITipMethod = ITipMethod.REQUEST,
                recipients: list[Recipient] | None = None) -> bytes:
     """The ICS as it stands now.
@@ -43,7 +29,16 @@ def invite_ics(invite: Invite, method: ITipMethod = ITipMethod.REQUEST,
     """
     if recipients is None:
         recipients = invite.invited
-    return ics_service.build_ics(**_ics_fields(invite, method, recipients))
+    return ics_service.build_ics(
+        uid=invite.uid,
+        sequence=invite.sequence,
+        event=invite.event,
+        method=method,
+        organizer_email=organizer_address(invite),
+        organizer_name=invite.organizer_name,
+        attendees=[attendee(r) for r in recipients],
+        cancelled=method == ITipMethod.CANCEL,
+    )
 
 
 def subject_for(invite: Invite, method: ITipMethod) -> str:
@@ -63,55 +58,47 @@ class Composed:
 
 
 class Composer:
-    """Composes the invite emails of one delivery batch (the worker makes one per batch).
+    """Composes the emails of one invite, as read once, to each of its recipients.
 
-    The recipients of an invite mostly get the same email but for its To, Date and
-    Message-ID headers. The ICS and the rest of the message (flattened) are kept by
-    everything they are made from (the invite's fields, the attendees and their
-    answers, the method, the rendered texts), so a recipient whose email would read
-    the same gets that one with their own headers, and any difference (an edit, a
-    reply, a removed recipient's own texts) builds a new one. Each email is still made
-    from the invite as it stands when it is delivered.
+    The worker reads an invite once for each run of its emails in a batch (an edit or an
+    import queues them together) and makes one Composer for that read (delivery.EmailDeliverer).
+    The recipients then get the same email but for its To, Date and Message-ID headers:
+    the texts say nothing of the recipient, so the ICS and the rest of the message
+    (flattened) are built once per method and added to each recipient's own headers. A
+    CANCEL to someone removed from a live invite is theirs alone (the ICS lists only them).
     """
 
-    def __init__(self) -> None:
-        self._ics: dict[tuple, bytes] = {}
-        # What recipients share: the message but for To, Date and Message-ID, flattened.
+    def __init__(self, invite: Invite) -> None:
+        self.invite = invite
+        # (method, removed, given ICS, the recipient if the email is theirs alone) -> the shared part
         self._shared: dict[tuple, Composed] = {}
 
-    def _invite_ics(self, invite: Invite, method: ITipMethod, recipients: list[Recipient]) -> bytes:
-        fields = _ics_fields(invite, method, recipients)
-        key = tuple(fields.values())
-        ics = self._ics.get(key)
-        if ics is None:
-            ics = self._ics[key] = ics_service.build_ics(**fields)
-        return ics
-
-    def compose(self, invite: Invite, recipient: Recipient, method: ITipMethod,
-                ics: bytes | None = None) -> Composed:
+    def compose(self, recipient: Recipient, method: ITipMethod, ics: bytes | None = None) -> Composed:
         """The email to ``recipient``. ``ics`` is given when an external provider made it."""
-        if ics is None:
-            if method == ITipMethod.CANCEL and not invite.is_cancelled:
-                ics = self._invite_ics(invite, method, [recipient])  # removed from a live invite
-            else:
-                ics = self._invite_ics(invite, method, invite.invited)
+        invite = self.invite
         removed = recipient.status == RecipientStatus.REMOVED and not invite.is_cancelled
-        context = dict(invite=invite, recipient=recipient, method=method.value, removed=removed)
-        mail_from = current_app.config["MAIL_FROM"]
-        content = dict(
+        alone = ics is None and method == ITipMethod.CANCEL and not invite.is_cancelled
+        key = (method, removed, ics, recipient.id if alone else None)
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = self._shared_part(recipient, method, ics, removed, alone)
+        raw = address(shared.raw, to_email=recipient.email, to_name=recipient.name,
+                      message_id_domain=current_app.config["MAIL_FROM"].domain)
+        return Composed(raw, shared.subject)
+
+    def _shared_part(self, recipient: Recipient, method: ITipMethod, ics: bytes | None, removed: bool,
+                     alone: bool) -> Composed:
+        invite = self.invite
+        if ics is None:  # a CANCEL to one removed from a live invite lists them; else everyone still invited
+            ics = invite_ics(invite, method, [recipient] if alone else invite.invited)
+        context = dict(invite=invite, method=method.value, removed=removed)
+        email = build_invite_email(
             ics=ics,
             method=method,
             from_email=organizer_address(invite),
-            from_name=invite.organizer_name or mail_from.local,
+            from_name=invite.organizer_name or current_app.config["MAIL_FROM"].local,
             subject=subject_for(invite, method),
             text=render_template("email/invite.txt", **context),
             html=render_template("email/invite.html", **context),
         )
-        key = tuple(content.values())
-        shared = self._shared.get(key)
-        if shared is None:
-            email = build_invite_email(**content)
-            shared = self._shared[key] = Composed(as_bytes(email), str(email["Subject"]))
-        raw = address(shared.raw, to_email=recipient.email, to_name=recipient.name,
-                      message_id_domain=mail_from.domain)
-        return Composed(raw, shared.subject)
+        return Composed(as_bytes(email), str(email["Subject"]))
