@@ -307,16 +307,19 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_at_most_the_email_
           f"the rest delivered {rescued_after:.1f} s after the kill (lease 2 s)")
 
 
-def test_sigterm_finishes_the_email_in_hand_hands_back_the_rest_and_exits_in_time(app, workers, mailbox):
-    queue_invites(4, 3)
-    mailbox.hold_after = 1
-    worker = workers.start("worker", mailbox.url, OUTBOX_BATCH_SIZE="50", OUTBOX_CONNECTIONS="1")  # one in hand
-    wait_until(lambda: len(mailbox.received) >= 2, timeout=20, what="two emails received", workers=workers)
+@pytest.mark.parametrize("connections", [1, 3])
+def test_sigterm_finishes_the_email_in_hand_hands_back_the_rest_and_exits_in_time(app, workers, mailbox, connections):
+    """With several SMTP connections, one email is in hand on each: all are finished."""
+    queue_invites(4, 3)  # 12 recipients: on 3 connections, 4 to each
+    mailbox.hold_after = connections  # each connection's first email is answered, its second held
+    worker = workers.start("worker", mailbox.url, OUTBOX_BATCH_SIZE="50", OUTBOX_CONNECTIONS=str(connections))
+    wait_until(lambda: len(mailbox.received) >= 2 * connections and mailbox.in_hand == connections, timeout=20,
+               what=f"an email in hand on each of {connections} connection(s)", workers=workers)
 
     signalled = time.monotonic()
-    worker.send_signal(signal.SIGTERM)  # while the second email waits for the server's 250
+    worker.send_signal(signal.SIGTERM)  # while the second emails wait for the server's 250
     time.sleep(1.0)  # a slow server
-    assert worker.poll() is None  # still finishing the email in hand
+    assert worker.poll() is None  # still finishing the emails in hand
     answered = time.monotonic()
     mailbox.release.set()
     returncode = worker.wait(timeout=SIGTERM_EXIT_LIMIT + 5)
@@ -327,15 +330,16 @@ def test_sigterm_finishes_the_email_in_hand_hands_back_the_rest_and_exits_in_tim
     assert exit_seconds < SIGTERM_EXIT_LIMIT
     after = rows()
     sent = [m for m in after if m.state == OutboxState.SENT]
-    assert len(sent) == len(mailbox.received) == 2  # the one in hand was finished and recorded
+    assert len(sent) == len(mailbox.received) == 2 * connections  # those in hand were finished and recorded
+    assert mailbox.per_recipient() == Counter({m.target: 1 for m in sent})  # nothing sent twice
     rest = [m for m in after if m.state != OutboxState.SENT]
-    assert len(rest) == 10
+    assert len(rest) == 12 - 2 * connections
     for message in rest:  # handed back: due at once for any other worker, no attempt counted
         assert message.state == OutboxState.QUEUED
         assert (message.claimed_by, message.lease_until, message.attempts) == (None, None, 0)
         assert message.next_attempt_at <= now_utc()
-    print(f"\nSIGTERM: exited {exit_seconds:.2f} s after the signal (limit {SIGTERM_EXIT_LIMIT:.0f} s), "
-          f"{after_answer:.2f} s after the server answered the email in hand")
+    print(f"\nSIGTERM on {connections} connection(s): exited {exit_seconds:.2f} s after the signal "
+          f"(limit {SIGTERM_EXIT_LIMIT:.0f} s), {after_answer:.2f} s after the server answered the emails in hand")
 
 
 def test_mail_waits_while_the_smtp_server_is_down_and_goes_out_once_it_is_back(app, workers):
