@@ -574,6 +574,49 @@ def gunicorn_threads() -> int:
     return runpy.run_path(str(ROOT / "gunicorn.conf.py"))["threads"]
 
 
+_ECHO = ("import socket, sys\n"
+         "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+         "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+         "while data := s.recv(64):\n"
+         "    s.sendall(data)\n")
+
+
+def round_trips_us(db: Database, count: int = 2000) -> dict[str, float]:
+    """Mean round trips on this idle machine, in microseconds: a few bytes to another process
+    on loopback and back, and, on PostgreSQL, a ``SELECT 1``. Every SMTP command and database
+    query the outbox and replies measures send one after another costs at least that: on a VM
+    whose idle CPUs sleep, most of it is waking them."""
+    import socket
+    import statistics
+
+    def median_of(exchange) -> float:
+        for _ in range(100):
+            exchange()
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            exchange()
+            times.append(time.perf_counter() - started)
+        return statistics.mean(times) * 1e6
+
+    found = {}
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        child = subprocess.Popen([sys.executable, "-c", _ECHO, str(server.getsockname()[1])])
+        try:
+            peer, _ = server.accept()
+            with peer:
+                peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                found["loopback"] = median_of(lambda: (peer.sendall(b"ping"), peer.recv(64)))
+        finally:
+            child.wait(timeout=10)
+    if db.kind == "postgresql":
+        import psycopg
+
+        with psycopg.connect(db._admin, autocommit=True) as conn:
+            found["SELECT 1"] = median_of(lambda: conn.execute("SELECT 1").fetchone())
+    return found
+
+
 def machine(db_version: str) -> list[str]:
     cpu = "?"
     try:
@@ -656,6 +699,9 @@ def main() -> int:
         measures.append(replies_measure(db, say))
         header = [f"## Run at {datetime.now():%H:%M} ({db.kind})" + (f": {args.note}" if args.note else ""), ""]
         header += [f"- {line}" for line in machine(server_version(db))]
+        trips = round_trips_us(db)
+        header += ["- round trips on the idle machine (mean): " + ", ".join(f"{name} {us:,.0f} us" for name, us
+                                                                           in trips.items())]
         header += [f"- seed: {SEED_BOOKINGS:,} invites, {rows:,} recipients via `flask import-bookings` "
                    f"({rows / seconds:,.0f} rows/s); {args.duration} s of load per HTTP measure after a warm-up"]
         body = table(ceiling, measures)
