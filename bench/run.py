@@ -589,7 +589,7 @@ def round_trips_us(db: Database, count: int = 2000) -> dict[str, float]:
     import socket
     import statistics
 
-    def median_of(exchange) -> float:
+    def mean_of(exchange) -> float:
         for _ in range(100):
             exchange()
         times = []
@@ -606,14 +606,14 @@ def round_trips_us(db: Database, count: int = 2000) -> dict[str, float]:
             peer, _ = server.accept()
             with peer:
                 peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                found["loopback"] = median_of(lambda: (peer.sendall(b"ping"), peer.recv(64)))
+                found["loopback"] = mean_of(lambda: (peer.sendall(b"ping"), peer.recv(64)))
         finally:
             child.wait(timeout=10)
     if db.kind == "postgresql":
         import psycopg
 
         with psycopg.connect(db._admin, autocommit=True) as conn:
-            found["SELECT 1"] = median_of(lambda: conn.execute("SELECT 1").fetchone())
+            found["SELECT 1"] = mean_of(lambda: conn.execute("SELECT 1").fetchone())
     return found
 
 

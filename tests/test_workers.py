@@ -252,11 +252,12 @@ def test_a_batch_is_split_with_each_recipients_mail_in_one_group_in_order(app):
     for hour in (10, 11):  # two updates, each queueing another email to both its recipients
         invite_service.update_event(invite, make_event(start=future(days=3, hour=hour),
                                                        end=future(days=3, hour=hour + 1)))
-    rows_by_id = {m.id: m for m in rows()}
-    claimed = outbox.Claim(sorted(rows_by_id), "worker:token", 300)
+    rows_by_id = {m.id: m for m in rows()}  # (the superseded ones too: 3 rows to each of the first invite's)
+    claimed = outbox.Claim(sorted(rows_by_id), "worker:token", 300,
+                           {m.id: (m.invite_id, m.target) for m in rows_by_id.values()})
 
     groups = outbox.split_claim(claimed, 3)
-    assert all(isinstance(group, outbox.Claim) and group.token == "worker:token" for group in groups)
+    assert all(isinstance(group, outbox.Claim) and group.token == claimed.token for group in groups)
     assert sorted(i for group in groups for i in group) == sorted(claimed)
     # 4 recipients (3, 3, 1 and 1 rows), each to the group with the fewest rows when first seen
     assert [len(group) for group in groups] == [4, 3, 1]
@@ -268,6 +269,10 @@ def test_a_batch_is_split_with_each_recipients_mail_in_one_group_in_order(app):
             by_recipient.setdefault(rows_by_id[message_id].target, set()).add(index)
     assert all(len(found) == 1 for found in by_recipient.values()) and len(by_recipient) == 4
     assert outbox.split_claim(claimed, 1) == [claimed]
+    # A claim reads each row's recipient as it takes the rows: splitting reads nothing more.
+    taken = outbox.claim(50, "worker", 300)
+    assert taken.recipients == {m.id: (m.invite_id, m.target) for m in rows_by_id.values()
+                                if m.state == OutboxState.QUEUED} and len(taken) == 4
 
 
 def test_worker_killed_mid_batch_loses_nothing_and_duplicates_at_most_the_email_in_hand(app, workers, mailbox):

@@ -39,27 +39,29 @@ class EmailDeliverer:
 
     def __init__(self, smtp_url: str | None):
         self.transport = SmtpTransport(SmtpSettings.from_url(smtp_url)) if smtp_url else None
-        # The invite read last (its id, when, and the read as a Composer, None if it is gone).
-        self._run: tuple[int | None, float, Composer | None] = (None, 0.0, None)
+        # The invite read last: its id, when it was read, and the read (None when it is gone).
+        self._read_id: int | None = None
+        self._read_at = 0.0
+        self._read: Composer | None = None
 
     def _composer(self, invite_id: int | None) -> Composer | None:
         """The Composer of the invite as read for the run of emails to it this one is in."""
         if invite_id is None:
             return None
-        if self._run[0] != invite_id or monotonic() - self._run[1] > self.READ_SERVES_SECONDS:
-            read_at = monotonic()
+        if invite_id != self._read_id or monotonic() - self._read_at > self.READ_SERVES_SECONDS:
+            self._read_id, self._read_at = invite_id, monotonic()
             invite = db.session.execute(_INVITE, {"invite_id": invite_id}).unique().scalar_one_or_none()
             if invite is not None:
                 # Kept as read: on SQLite each email's outcome is committed, which would
                 # otherwise expire it and have the next email load it again, attribute by attribute.
                 db.session.expunge(invite)
-            self._run = (invite_id, read_at, Composer(invite) if invite is not None else None)
-        return self._run[2]
+            self._read = Composer(invite) if invite is not None else None
+        return self._read
 
     def __call__(self, message: Row) -> Outcome:
         composer = self._composer(message.invite_id)
         invite = composer.invite if composer is not None else None
-        recipient = next((r for r in invite.recipients if r.id == message.recipient_id), None) if invite else None
+        recipient = composer.recipients.get(message.recipient_id) if composer is not None else None
         if invite is None or recipient is None:
             return Outcome(ok=False, retry=False, error="the invite or recipient no longer exists")
         method = ITipMethod(message.method)

@@ -70,6 +70,7 @@ class Composer:
 
     def __init__(self, invite: Invite) -> None:
         self.invite = invite
+        self.recipients = {recipient.id: recipient for recipient in invite.recipients}  # by id
         # (method, removed, given ICS, the recipient if the email is theirs alone) -> the shared part
         self._shared: dict[tuple, Composed] = {}
 

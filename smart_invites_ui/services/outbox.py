@@ -120,12 +120,14 @@ def email_backoff(attempt: int, base_seconds: float = EMAIL_BACKOFF_BASE_SECONDS
 
 
 class Claim(list):
-    """The ids one claim took, in order; ``token`` is what it stamped in ``claimed_by``."""
+    """The ids one claim took, in order; ``token`` is what it stamped in ``claimed_by``, and
+    ``recipients`` each row's recipient, (invite id, address or URL), for ``split_claim``."""
 
-    def __init__(self, ids=(), token: str = "", lease_seconds: int = 0):
+    def __init__(self, ids=(), token: str = "", lease_seconds: int = 0, recipients: dict | None = None):
         super().__init__(ids)
         self.token = token
         self.lease_seconds = lease_seconds
+        self.recipients = recipients or {}
 
 
 def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
@@ -167,10 +169,13 @@ def claim(batch_size: int, worker_id: str, lease_seconds: int) -> list[int]:
                 attempts=OutboxMessage.attempts + 1)
         .execution_options(synchronize_session=False)
     )
-    taken = Claim(db.session.scalars(
-        select(OutboxMessage.id).where(OutboxMessage.claimed_by == token, OutboxMessage.state == OutboxState.SENDING)
+    rows = db.session.execute(
+        select(OutboxMessage.id, OutboxMessage.invite_id, OutboxMessage.target)
+        .where(OutboxMessage.claimed_by == token, OutboxMessage.state == OutboxState.SENDING)
         .order_by(OutboxMessage.id)
-    ), token, lease_seconds)
+    ).all()
+    taken = Claim([row.id for row in rows], token, lease_seconds,
+                  {row.id: (row.invite_id, row.target) for row in rows})
     db.session.commit()  # read first: no transaction is left open (deliver_claimed may run in autocommit)
     return taken
 
@@ -285,29 +290,24 @@ def _record_in_one_statement(columns: tuple[str, ...], bump: bool, renew: bool) 
     return PlainSelect(main.add_cte(*ctes) if ctes else main)
 
 
-def split_claim(ids: list[int], ways: int) -> list[list[int]]:
+def split_claim(claimed: Claim, ways: int) -> list[Claim]:
     """The claimed rows in up to ``ways`` groups, to be delivered side by side: every row to
-    one recipient (an invite's address, a callback's URL) in the same group, in the claim's
-    order, so that nobody gets an update before the invite it updates, nor a callback an
-    older status after a newer one. Each recipient goes to the group with the fewest rows so
-    far. A :class:`Claim` is split into Claims with its token."""
-    if ways <= 1 or len(ids) <= 1:
-        return [ids]
-    recipients = {row.id: (row.invite_id, row.target) for row in db.session.execute(
-        select(_outbox.c.id, _outbox.c.invite_id, _outbox.c.target).where(_outbox.c.id.in_(ids)))}
-    db.session.commit()  # a read: no transaction is left open (deliver_claimed may run in autocommit)
+    one recipient (an invite's address, a callback's URL: ``Claim.recipients``) in the same
+    group, in the claim's order, so that nobody gets an update before the invite it updates,
+    nor a callback an older status after a newer one. Each recipient goes to the group with
+    the fewest rows so far. Each group is a Claim with the claim's token."""
+    if ways <= 1 or len(claimed) <= 1:
+        return [claimed]
     groups: list[list[int]] = []
     group_of: dict = {}
-    for message_id in ids:
-        key = recipients.get(message_id, message_id)  # (a row gone since: deliver_claimed skips it)
+    for message_id in claimed:
+        key = claimed.recipients[message_id]
         if key not in group_of:
             if len(groups) < ways:
                 groups.append([])
             group_of[key] = min(range(len(groups)), key=lambda index: len(groups[index]))
         groups[group_of[key]].append(message_id)
-    if isinstance(ids, Claim):
-        return [Claim(group, ids.token, ids.lease_seconds) for group in groups]
-    return groups
+    return [Claim(group, claimed.token, claimed.lease_seconds) for group in groups]
 
 
 def deliver_claimed(ids: list[int], deliverers: dict[OutboxKind, Deliverer],
