@@ -223,6 +223,45 @@ def statements_sent(app, monkeypatch):
     return during
 
 
+@pytest.fixture
+def while_held(app):
+    """On PostgreSQL, a function that writes ``statement`` in a transaction of its own, runs
+    ``action`` in a thread, and commits that transaction once ``action`` waits for the rows it
+    holds; it returns what ``action`` returned. So ``action`` has read those rows as they were
+    and writes them as they are: two requests at the same moment, in a fixed order. Skips the
+    test on SQLite, whose one writer never waits for a row."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no row locks to wait for")
+
+    def run(statement, action):
+        outcome: dict = {}
+
+        def act():
+            try:
+                outcome["value"] = action()
+            except BaseException as exc:  # raised in the test, below
+                outcome["error"] = exc
+
+        with db.engine.connect() as holder, db.engine.connect() as watcher:
+            holder.begin()
+            holder.execute(statement)
+            thread = threading.Thread(target=act)
+            thread.start()
+            waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            deadline = datetime.now() + timedelta(seconds=10)
+            while not watcher.execute(waiting).scalar():
+                assert thread.is_alive(), f"the action finished without waiting for the held rows: {outcome}"
+                assert datetime.now() < deadline, "the action never waited for the held rows"
+                watcher.rollback()  # a new snapshot each time
+            holder.commit()
+            thread.join(10)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return run
+
+
 class RoundTripProxy:
     """A TCP proxy on loopback before the database server that counts round trips: the times
     a client sends after the server has answered (or first, on a new connection). What a

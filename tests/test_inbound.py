@@ -277,6 +277,35 @@ def test_a_stale_reply_arriving_late_does_not_overwrite_a_newer_one(client, inbo
                                                         (RecipientStatus.ACCEPTED, False)]
 
 
+@pytest.mark.parametrize("meanwhile, outcome, reason, status", [
+    ("a later answer", "stale", "older than the answer already recorded", RecipientStatus.DECLINED),
+    ("staff removing her", "ignored", "this recipient was removed from the invite", RecipientStatus.REMOVED),
+])
+def test_on_postgresql_a_reply_email_waits_for_a_change_to_its_attendee_being_written(
+        client, inbound, while_held, meanwhile, outcome, reason, status):
+    """Ann's reply email arrives while a later answer of hers, or her removal, is being committed:
+    the reply's one statement waits for her row, finds it changed and writes nothing; the reply
+    is then recorded as what it turned out to be. It used to be recorded as applied, though its
+    UPDATE, waiting after the history row was written, changed nothing or put her back."""
+    from sqlalchemy import update
+
+    from smart_invites_ui.models import Recipient
+
+    invite = make_invite()
+    raw = reply_to(invite, partstat="ACCEPTED", now=utc(2030, 1, 1, 9))
+    recipients = Recipient.__table__
+    change = update(recipients).where(recipients.c.id == invite.recipient("ann@example.org").id)
+    change = (change.values(status=RecipientStatus.DECLINED, last_reply_dtstamp=utc(2030, 1, 1, 10))
+              if meanwhile == "a later answer" else change.values(status=RecipientStatus.REMOVED))
+    response = while_held(change, lambda: post(client, raw))
+
+    assert response.json["outcome"] == outcome and reason in response.json["reason"]
+    assert fresh(invite).recipient("ann@example.org").status == status
+    history = db.session.scalars(select(Reply).where(Reply.invite_id == invite.id)).all()
+    assert [(h.status, h.applied, h.note) for h in history] == [(RecipientStatus.ACCEPTED, False, reason)]
+    assert [message.outcome.value for message in stored()] == [outcome]
+
+
 def test_the_same_message_twice_is_a_duplicate(client, inbound):
     invite = make_invite()
     raw = reply_to(invite, partstat="TENTATIVE")

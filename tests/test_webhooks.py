@@ -508,39 +508,95 @@ def test_on_postgresql_an_unusual_notification_is_read_after_the_one_statement_w
     assert _count(Notification) == 2
 
 
-def test_two_replies_decided_at_once_keep_the_newer_whichever_is_written_last(app, invite):
+STAMPED = datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def _decided(status: str, dtstamp: datetime):
+    """A reply email's notification from Ann, decided (read) but not written yet."""
+    from smart_invites_ui.plain_sql import read_engine
+    from smart_invites_ui.services.notifications import decide
+
+    payload = {"smart_invite": {"smart_invite_id": "BOOK-1", "reply": {"email": ANN, "status": status}}}
+    with read_engine().connect() as connection:
+        return decide(payload, source=NotificationSource.EMAIL, dtstamp=dtstamp, sequence=0,
+                      raw=f"{status} {dtstamp}", connection=connection)
+
+
+def _written(plan):
+    """As apply_notification writes what it decided."""
+    from smart_invites_ui.plain_sql import read_engine
+    from smart_invites_ui.services.notifications import write_committed
+
+    with read_engine().connect() as connection:
+        return write_committed(plan, connection)
+
+
+def _notification(notification_id: int) -> Notification:
+    db.session.expire_all()
+    return db.session.get(Notification, notification_id)
+
+
+def test_two_replies_decided_at_once_keep_the_newer_and_record_the_older_as_stale(app, invite):
     """Two reply emails from one attendee, each decided on the row as it was before the other
     wrote (two processes at the same moment): the newer answer (DTSTAMP) stays, also when the
-    older one is written last, as the usual path writes it on either database."""
+    older one is written last, and the older one is recorded as what it turned out to be. It
+    was recorded as applied, in its history row and its notification, though it changed nothing."""
     from datetime import timedelta
 
-    from smart_invites_ui.plain_sql import read_engine
-    from smart_invites_ui.services.notifications import decide, write_committed
-
-    stamped = datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc)
-
-    def reply(status: str, dtstamp: datetime):
-        payload = {"smart_invite": {"smart_invite_id": "BOOK-1", "reply": {"email": ANN, "status": status}}}
-        with read_engine().connect() as connection:
-            return decide(payload, source=NotificationSource.EMAIL, dtstamp=dtstamp, sequence=0,
-                          raw=f"{status} {dtstamp}", connection=connection)
-
-    def write(plan) -> None:  # as apply_notification writes what it decided
-        with read_engine().connect() as connection:
-            assert write_committed(plan, connection).outcome == NotificationOutcome.APPLIED
-
-    newer, older = reply("accepted", stamped + timedelta(minutes=5)), reply("declined", stamped)
+    newer, older = _decided("accepted", STAMPED + timedelta(minutes=5)), _decided("declined", STAMPED)
     assert newer.applied and older.applied  # neither saw the other
-    write(newer)
-    write(older)
+    assert _written(newer).outcome == NotificationOutcome.APPLIED
+    late = _written(older)
+
+    assert (late.outcome, late.detail) == (NotificationOutcome.STALE, f"{ANN}: older than the answer already recorded")
     ann = _fresh(invite).recipient(ANN)
-    assert ann.status == RecipientStatus.ACCEPTED and ann.last_reply_dtstamp == stamped + timedelta(minutes=5)
+    assert ann.status == RecipientStatus.ACCEPTED and ann.last_reply_dtstamp == STAMPED + timedelta(minutes=5)
     assert not ann.needs_attention
-    assert [reply.status for reply in _history(invite)] == [RecipientStatus.ACCEPTED, RecipientStatus.DECLINED]
+    assert [(reply.status, reply.applied, reply.note) for reply in _history(invite)] == [
+        (RecipientStatus.ACCEPTED, True, ""), (RecipientStatus.DECLINED, False, "older than the answer already recorded")]
+    assert (_notification(late.notification_id).outcome, _notification(late.notification_id).detail) == (
+        late.outcome, late.detail)
 
     # A newer one decided on the old row still applies over the older.
-    write(reply("tentative", stamped + timedelta(minutes=9)))
+    assert _written(_decided("tentative", STAMPED + timedelta(minutes=9))).outcome == NotificationOutcome.APPLIED
     assert _fresh(invite).recipient(ANN).status == RecipientStatus.TENTATIVE
+
+
+def test_a_reply_decided_before_staff_removed_the_recipient_does_not_put_them_back(app, invite):
+    """Staff remove Ann while her acceptance is being recorded: she stays removed, and her reply
+    is kept in the history as to a removed recipient. It put her back on the invite, accepted."""
+    plan = _decided("accepted", STAMPED)
+    assert plan.applied
+    _remove_ann(invite)
+    result = _written(plan)
+
+    assert (result.outcome, result.detail) == (NotificationOutcome.IGNORED,
+                                               f"{ANN}: this recipient was removed from the invite")
+    ann = _fresh(invite).recipient(ANN)
+    assert ann.status == RecipientStatus.REMOVED and ann.last_reply_dtstamp is None
+    assert [(reply.status, reply.applied, reply.note) for reply in _history(invite)] == [
+        (RecipientStatus.ACCEPTED, False, "this recipient was removed from the invite")]
+    assert _notification(result.notification_id).outcome == NotificationOutcome.IGNORED
+
+
+def test_on_postgresql_a_webhook_waits_for_a_removal_being_written_and_does_not_undo_it(app, client, invite,
+                                                                                      while_held):
+    """The one statement of the usual webhook, sent while staff's removal of Ann is being
+    committed: it waits for the row, sees her removed and writes nothing; the notification is
+    then recorded as to a removed recipient. Its UPDATE used to wait instead, after the history
+    row was written as applied, and then put her back."""
+    from sqlalchemy import update
+
+    from smart_invites_ui.models import Recipient
+
+    removal = (update(Recipient.__table__).where(Recipient.__table__.c.id == invite.recipient(ANN).id)
+               .values(status=RecipientStatus.REMOVED))
+    response = while_held(removal, lambda: post(client, single("BOOK-1", ANN, "accepted")))
+
+    assert response.status_code == 200 and response.get_json()["outcome"] == "ignored"
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.REMOVED
+    assert [(reply.status, reply.applied, reply.note) for reply in _history(invite)] == [
+        (RecipientStatus.ACCEPTED, False, "this recipient was removed from the invite")]
 
 
 def test_a_notification_listing_several_recipients_applies_each(app, client, invite):

@@ -180,22 +180,36 @@ _ALL_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_RECIPIENTS.c.invite_id == b
 _REPLY_COLUMNS = ("invite_id", "recipient_id", "notification_id", "email", "status", "comment", "proposal_start",
                   "proposal_end", "proposal_tzid", "source", "dtstamp", "sequence", "applied", "note", "received_at")
 _INSERT_REPLIES = PlainWrite(insert(Reply.__table__).values({name: bindparam(name) for name in _REPLY_COLUMNS}))
-# The answer's order (``_is_newer``) is checked again as the row is written, against the row as it
-# is then: of two replies from one attendee decided at the same moment (each read the row before
-# the other wrote), the newer stays, whichever of them is written last.
+# The answer's order (``_is_newer``), and that the recipient is still on the invite, are checked
+# again as the row is written, against the row as it is then: of two replies from one attendee
+# decided at the same moment (each read the row before the other wrote), the newer stays,
+# whichever of them is written last, and a reply never puts back a recipient staff just removed.
+# The history and the outcome say the same: see ``_as_it_is_now`` and ``_one_statement_of``.
 _R_STAMP, _R_SEQUENCE = _RECIPIENTS.c.last_reply_dtstamp, _RECIPIENTS.c.last_reply_sequence
 _NEW_STAMP = bindparam("last_reply_dtstamp", type_=_R_STAMP.type)
 _NEW_SEQUENCE = bindparam("last_reply_sequence", type_=_R_SEQUENCE.type)
 _IN_ORDER = or_(_R_STAMP.is_(None), _NEW_STAMP.is_(None),  # ``_is_newer``, in SQL
                 tuple_(_R_STAMP, func.coalesce(_R_SEQUENCE, 0)) <= tuple_(_NEW_STAMP, func.coalesce(_NEW_SEQUENCE, 0)))
 
+# What a reply's decision to apply assumed of its recipient's row, checked again where it is written.
+_STILL_SO = (_RECIPIENTS.c.status != RecipientStatus.REMOVED, _IN_ORDER)
+
 
 def _update_recipient(recipient_id):
     """The recipient's UPDATE; ``recipient_id``: a bind parameter, or the column of a CTE."""
-    return update(_RECIPIENTS).where(_RECIPIENTS.c.id == recipient_id, _IN_ORDER).values(
+    return update(_RECIPIENTS).where(_RECIPIENTS.c.id == recipient_id, *_STILL_SO).values(
         {**{name: bindparam(name) for name in ("status", "comment", "proposal_start", "proposal_end", "proposal_tzid",
                                                "replied_at", "needs_attention")},
          "last_reply_dtstamp": _NEW_STAMP, "last_reply_sequence": _NEW_SEQUENCE})
+
+
+# A recipient's row as applying a reply reads it, read again and locked as the reply is written
+# (``_as_it_is_now``; SQLite has no row locks: its writer holds the database).
+_LOCK_RECIPIENT = PlainSelect(
+    select(*APPLY_COLUMNS).select_from(_INVITES.join(_RECIPIENTS, _RECIPIENTS.c.invite_id == _INVITES.c.id))
+    .where(_RECIPIENTS.c.id == bindparam("recipient_id")).with_for_update(of=_RECIPIENTS, key_share=True))
+_RECORD_OUTCOME = PlainWrite(update(Notification.__table__).where(Notification.__table__.c.id == bindparam("id"))
+                             .values(outcome=bindparam("outcome"), detail=bindparam("detail")))
 
 
 def _bump_version(invite_id):
@@ -329,6 +343,8 @@ class _Plan:
     history: list[dict]  # the replies' history rows, without the notification's id
     applied: list[StatusReply]
     now: datetime
+    rows: list  # the ``APPLY_COLUMNS`` rows it was decided from
+    decided: tuple  # how: ``_plan``'s notice, source, dtstamp and sequence, to decide again (``_as_it_is_now``)
 
     @property
     def writes_history(self) -> bool:
@@ -425,7 +441,8 @@ def _plan(notice: _Notice, rows: list, source: NotificationSource, dtstamp: date
     notification = dict(source=source, dedupe_key=notice.key, body=notice.body, smart_invite_id=reference[:256],
                         invite_id=invite.id if invite is not None and replies else None, outcome=result.outcome,
                         detail=result.detail, received_at=now)
-    return _Plan(result, notification, invite, replies, recipients, history, applied, now)
+    return _Plan(result, notification, invite, replies, recipients, history, applied, now, rows,
+                 (notice, source, dtstamp, sequence))
 
 
 def _write(plan: _Plan, connection: Connection) -> ApplyResult:
@@ -433,7 +450,8 @@ def _write(plan: _Plan, connection: Connection) -> ApplyResult:
     result = plan.recorded(_insert_notification(connection.dialect.name).scalar(connection, **plan.notification))
     if result.notification_id is None or not plan.writes_history:
         return result
-    invite = plan.invite
+    plan = _as_it_is_now(plan, connection)
+    result, invite = plan.result, plan.invite
     if plan.history:
         _INSERT_REPLIES.execute_many(connection, [dict(row, notification_id=result.notification_id)
                                                   for row in plan.history])
@@ -445,6 +463,36 @@ def _write(plan: _Plan, connection: Connection) -> ApplyResult:
     return result
 
 
+def _as_it_is_now(plan: _Plan, connection: Connection) -> _Plan:
+    """``plan``, or, if a recipient it changes was written since it was read (another reply, staff
+    removing them), the plan decided again from the rows as they are now; in the transaction
+    that writes it, after the notification's row.
+
+    Those rows are read again here, and locked until the transaction ends (on SQLite, whose
+    writer holds the whole database, the notification's INSERT took that lock), so what the
+    plan writes is decided from what it overwrites: a reply that lost the race is recorded as
+    what it turned out to be (older than the answer recorded, or to a removed recipient), not
+    as applied, in its history row and in the notification's outcome."""
+    changed = sorted({plan.recipients[reply.email].id for reply in plan.applied})
+    if not changed:
+        return plan
+    now = {}
+    for recipient_id in changed:  # in id order: two notifications changing the same two lock them alike
+        row = _LOCK_RECIPIENT.first(connection, recipient_id=recipient_id)
+        if row is not None:
+            now[recipient_id] = row
+    read = {row.id: row for row in plan.rows if row.id in now}
+    if all(_recipient(now[key]) == _recipient(row) for key, row in read.items()):
+        return plan
+    notice, source, dtstamp, sequence = plan.decided
+    again = _plan(notice, [now.get(row.id, row) for row in plan.rows], source, dtstamp, sequence)
+    again.result.notification_id = plan.result.notification_id
+    if (again.result.outcome, again.result.detail) != (plan.result.outcome, plan.result.detail):
+        _RECORD_OUTCOME.execute(connection, id=plan.result.notification_id, outcome=again.result.outcome,
+                                detail=again.result.detail)
+    return again
+
+
 def write_committed(plan: _Plan, connection: Connection) -> ApplyResult:
     """Write ``plan`` (``decide`` made it on ``connection``) and commit: on PostgreSQL in one
     statement where ``in_one_statement`` allows, on a connection in autocommit; else in a
@@ -453,7 +501,11 @@ def write_committed(plan: _Plan, connection: Connection) -> ApplyResult:
     connection's isolation level cannot change inside one) held no lock: it is ended first."""
     one = in_one_statement(connection.dialect, plan)
     if one is not None:
-        return plan.recorded(one.scalar(connection, **plan.one_statement_values()))
+        notification_id = one.scalar(connection, **plan.one_statement_values())
+        if notification_id is not None:
+            return plan.recorded(notification_id)
+        # Nothing was written: a repeated delivery, or the recipient's row changed since it was
+        # read (the statement's guard). The transaction below tells which, and decides again.
     if connection.in_transaction():
         connection.rollback()
     if connection.dialect.name != "sqlite":
@@ -468,7 +520,9 @@ def in_one_statement(dialect, plan: _Plan, also=None) -> PlainSelect | None:
     """PostgreSQL, for the usual notification: all of ``_write`` in one statement, which
     commits by itself on a connection in autocommit (one round trip where ``_write`` takes six
     with BEGIN and COMMIT). Run it with ``plan.one_statement_values()``; its row is the
-    notification's id, and no row for a repeated delivery (nothing written).
+    notification's id, and no row when nothing was written: a repeated delivery, or a recipient
+    row no longer as the plan read it (removed, or answered later since), which ``_write``
+    decides again.
 
     ``also``: a function of the notification's CTE returning one more data-modifying CTE with
     ``RETURNING id``, which must write only if the notification is new (select FROM it); its
@@ -487,13 +541,17 @@ def _one_statement_of(history_rows: int, applied: bool, also=None, usual: bool =
     """INSERT the notification (ON CONFLICT DO NOTHING RETURNING id) in a WITH, and, each only
     if that inserted a row, the history rows, the recipient's UPDATE (``applied``) and the
     version's: all or nothing, and nothing for a repeated delivery. Its row: the notification's
-    id, or no row for a repeat.
+    id, or no row for a repeat. With ``applied``, nothing either unless the recipient is still
+    on the invite and not answered later (``_STILL_SO``): the row is locked and checked first
+    (``target``), so the recipient's UPDATE, which takes the same lock, cannot find it otherwise
+    and write nothing after the history said "applied".
 
     ``usual`` (``_apply_usual``): the invite and recipient are not given but found, by
     ``reference`` and ``email``, and only if the invite has no callback URL and the recipient
     was neither removed nor answered later (``_IN_ORDER``); nothing is written otherwise. Its
     row then always comes: the notification's id (None for a repeat) and the invite's (None
-    when it was not found so)."""
+    when it was not found so). Its recipient's row is locked as it is found: a reply or a
+    removal written meanwhile is waited for, and the row checked again as it then is."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
     if usual:
@@ -502,8 +560,8 @@ def _one_statement_of(history_rows: int, applied: bool, also=None, usual: bool =
                                              & (_RECIPIENTS.c.email == bindparam("email"))))
                   .where(_INVITES.c.smart_invite_id == bindparam("reference"),
                          func.coalesce(_INVITES.c.callback_url, "") == "",
-                         _RECIPIENTS.c.status != RecipientStatus.REMOVED, _IN_ORDER)
-                  .cte("target"))
+                         *_STILL_SO)
+                  .with_for_update(of=_RECIPIENTS, key_share=True).cte("target"))
         invite_id, recipient_id = target.c.invite_id, target.c.recipient_id
     else:
         invite_id = bindparam("invite_id", type_=_INVITES.c.id.type)
@@ -511,6 +569,10 @@ def _one_statement_of(history_rows: int, applied: bool, also=None, usual: bool =
     notifications, replies = Notification.__table__, Reply.__table__
     new = select(*(invite_id if name == "invite_id" else bindparam(name, type_=notifications.c[name].type)
                    for name in _NOTIFICATION_COLUMNS))
+    if applied and not usual:
+        target = (select(_RECIPIENTS.c.id).where(_RECIPIENTS.c.id == recipient_id, *_STILL_SO)
+                  .with_for_update(key_share=True).cte("target"))
+        new = new.where(exists(select(target.c.id)))
     notification = (pg_insert(notifications).from_select(_NOTIFICATION_COLUMNS, new)
                     .on_conflict_do_nothing(index_elements=[notifications.c.dedupe_key])
                     .returning(notifications.c.id).cte("notification"))
