@@ -243,7 +243,8 @@ class Recipient(db.Model):
     __tablename__ = "recipients"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    invite_id: Mapped[int] = mapped_column(ForeignKey("invites.id", ondelete="CASCADE"), index=True)
+    # Not indexed alone: uq_recipients_invite_email, which begins with it, serves reads by invite.
+    invite_id: Mapped[int] = mapped_column(ForeignKey("invites.id", ondelete="CASCADE"))
     email: Mapped[str] = mapped_column(String(320), index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     status: Mapped[RecipientStatus] = mapped_column(_enum(RecipientStatus, "recipient_status"),
