@@ -184,7 +184,7 @@ _INSERT_REPLIES = PlainWrite(insert(Reply.__table__).values({name: bindparam(nam
 # again as the row is written, against the row as it is then: of two replies from one attendee
 # decided at the same moment (each read the row before the other wrote), the newer stays,
 # whichever of them is written last, and a reply never puts back a recipient staff just removed.
-# The history and the outcome say the same: see ``_as_it_is_now`` and ``_one_statement_of``.
+# The history and the outcome say the same: see ``_recipients_written`` and ``_one_statement_of``.
 _R_STAMP, _R_SEQUENCE = _RECIPIENTS.c.last_reply_dtstamp, _RECIPIENTS.c.last_reply_sequence
 _NEW_STAMP = bindparam("last_reply_dtstamp", type_=_R_STAMP.type)
 _NEW_SEQUENCE = bindparam("last_reply_sequence", type_=_R_SEQUENCE.type)
@@ -203,8 +203,8 @@ def _update_recipient(recipient_id):
          "last_reply_dtstamp": _NEW_STAMP, "last_reply_sequence": _NEW_SEQUENCE})
 
 
-# A recipient's row as applying a reply reads it, read again and locked as the reply is written
-# (``_as_it_is_now``; SQLite has no row locks: its writer holds the database).
+# A recipient's row as applying a reply reads it, read again and locked when the reply's UPDATE found
+# it changed (``_recipients_written``; SQLite has no row locks: its writer holds the database).
 _LOCK_RECIPIENT = PlainSelect(
     select(*APPLY_COLUMNS).select_from(_INVITES.join(_RECIPIENTS, _RECIPIENTS.c.invite_id == _INVITES.c.id))
     .where(_RECIPIENTS.c.id == bindparam("recipient_id")).with_for_update(of=_RECIPIENTS, key_share=True))
@@ -344,7 +344,7 @@ class _Plan:
     applied: list[StatusReply]
     now: datetime
     rows: list  # the ``APPLY_COLUMNS`` rows it was decided from
-    decided: tuple  # how: ``_plan``'s notice, source, dtstamp and sequence, to decide again (``_as_it_is_now``)
+    decided: tuple  # how: ``_plan``'s notice, source, dtstamp and sequence, to decide again (``_recipients_written``)
 
     @property
     def writes_history(self) -> bool:
@@ -450,42 +450,41 @@ def _write(plan: _Plan, connection: Connection) -> ApplyResult:
     result = plan.recorded(_insert_notification(connection.dialect.name).scalar(connection, **plan.notification))
     if result.notification_id is None or not plan.writes_history:
         return result
-    plan = _as_it_is_now(plan, connection)
+    plan = _recipients_written(plan, connection)
     result, invite = plan.result, plan.invite
     if plan.history:
         _INSERT_REPLIES.execute_many(connection, [dict(row, notification_id=result.notification_id)
                                                   for row in plan.history])
-    for email in dict.fromkeys(reply.email for reply in plan.applied):
-        _UPDATE_RECIPIENT.execute(connection, **plan.recipient_values(email))
     _BUMP_VERSION.execute(connection, invite_id=invite.id, now=plan.now)  # the history changed even when no status did
     if plan.applied and invite.callback_url:
         _queue_callbacks(connection, invite, plan.recipients, plan.applied)
     return result
 
 
-def _as_it_is_now(plan: _Plan, connection: Connection) -> _Plan:
-    """``plan``, or, if a recipient it changes was written since it was read (another reply, staff
-    removing them), the plan decided again from the rows as they are now; in the transaction
-    that writes it, after the notification's row.
+def _recipients_written(plan: _Plan, connection: Connection) -> _Plan:
+    """Write the recipients ``plan`` changes, in the transaction that writes it, and return it.
 
-    Those rows are read again here, and locked until the transaction ends (on SQLite, whose
-    writer holds the whole database, the notification's INSERT took that lock), so what the
-    plan writes is decided from what it overwrites: a reply that lost the race is recorded as
-    what it turned out to be (older than the answer recorded, or to a removed recipient), not
-    as applied, in its history row and in the notification's outcome."""
-    changed = sorted({plan.recipients[reply.email].id for reply in plan.applied})
-    if not changed:
+    Each UPDATE checks again what the plan assumed of the row (``_STILL_SO``). Where one wrote
+    nothing, that recipient was written since the plan read it (another reply, staff removing
+    them): its row is read again, and locked until the transaction ends (on SQLite, whose writer
+    holds the whole database, the notification's INSERT took that lock), and the plan is decided
+    again with it. So a reply that lost the race is recorded as what it turned out to be (older
+    than the answer recorded, or to a removed recipient), not as applied, in its history row and
+    in the notification's outcome; and the usual write costs no statement more."""
+    emails = sorted(dict.fromkeys(reply.email for reply in plan.applied), key=lambda email: plan.recipients[email].id)
+    lost = [plan.recipients[email].id for email in emails  # in id order: two writers lock rows alike
+            if _UPDATE_RECIPIENT.execute(connection, **plan.recipient_values(email)) == 0]
+    if not lost:
         return plan
-    now = {}
-    for recipient_id in changed:  # in id order: two notifications changing the same two lock them alike
-        row = _LOCK_RECIPIENT.first(connection, recipient_id=recipient_id)
-        if row is not None:
-            now[recipient_id] = row
-    read = {row.id: row for row in plan.rows if row.id in now}
-    if all(_recipient(now[key]) == _recipient(row) for key, row in read.items()):
-        return plan
+    now = {row.id: row for row in (_LOCK_RECIPIENT.first(connection, recipient_id=recipient_id)
+                                   for recipient_id in lost) if row is not None}
     notice, source, dtstamp, sequence = plan.decided
+    # The other recipients' rows as first read: they were written as decided from them.
     again = _plan(notice, [now.get(row.id, row) for row in plan.rows], source, dtstamp, sequence)
+    for email in dict.fromkeys(reply.email for reply in again.applied):
+        if again.recipients[email].id in now and not _UPDATE_RECIPIENT.execute(connection,
+                                                                            **again.recipient_values(email)):
+            raise RuntimeError(f"recipient {again.recipients[email].id} changed while locked")
     again.result.notification_id = plan.result.notification_id
     if (again.result.outcome, again.result.detail) != (plan.result.outcome, plan.result.detail):
         _RECORD_OUTCOME.execute(connection, id=plan.result.notification_id, outcome=again.result.outcome,
