@@ -247,7 +247,8 @@ def while_held(app):
             holder.execute(statement)
             thread = threading.Thread(target=act)
             thread.start()
-            waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            waiting = text("SELECT count(*) FROM pg_stat_activity"
+                           " WHERE wait_event_type = 'Lock' AND datname = current_database()")
             deadline = datetime.now() + timedelta(seconds=10)
             while not watcher.execute(waiting).scalar():
                 assert thread.is_alive(), f"the action finished without waiting for the held rows: {outcome}"
@@ -255,6 +256,7 @@ def while_held(app):
                 watcher.rollback()  # a new snapshot each time
             holder.commit()
             thread.join(10)
+            assert not thread.is_alive(), "the action did not finish once the rows were committed"
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]

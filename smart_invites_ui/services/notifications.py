@@ -338,18 +338,38 @@ class _Plan:
     result: ApplyResult  # the outcome; its notification_id comes with the notification's row
     notification: dict  # the notification row's values
     invite: _Invite | None
-    replies: list[StatusReply]
     recipients: dict[str, _Recipient]  # by email, with the applied replies' changes
     history: list[dict]  # the replies' history rows, without the notification's id
     applied: list[StatusReply]
-    now: datetime
-    rows: list  # the ``APPLY_COLUMNS`` rows it was decided from
-    decided: tuple  # how: ``_plan``'s notice, source, dtstamp and sequence, to decide again (``_recipients_written``)
+    # What it was decided from, to decide again (``again``): the notification, the ``APPLY_COLUMNS``
+    # rows read, and ``decide``'s options.
+    notice: _Notice
+    rows: list
+    source: NotificationSource
+    dtstamp: datetime | None
+    sequence: int | None
+
+    @property
+    def replies(self) -> list[StatusReply]:
+        return self.notice.replies
+
+    @property
+    def now(self) -> datetime:
+        return self.notice.now
+
+    @property
+    def changed(self) -> list[str]:
+        """The emails of the recipients whose row it writes, in id order (two writers lock rows alike)."""
+        return sorted(dict.fromkeys(reply.email for reply in self.applied), key=lambda email: self.recipients[email].id)
 
     @property
     def writes_history(self) -> bool:
         """Whether anything beyond the notification's own row is written."""
         return self.invite is not None and bool(self.replies)
+
+    def again(self, rows: list) -> _Plan:
+        """The plan decided the same way from other rows."""
+        return _plan(self.notice, rows, self.source, self.dtstamp, self.sequence)
 
     def recipient_values(self, email: str) -> dict:
         """``_UPDATE_RECIPIENT``'s values for the recipient ``email``."""
@@ -368,7 +388,7 @@ class _Plan:
         values = dict(self.notification, now=self.now)
         for index, row in enumerate(self.history):
             values.update({f"h{index}_{name}": value for name, value in row.items()})
-        for email in dict.fromkeys(reply.email for reply in self.applied):
+        for email in self.changed:
             values.update(self.recipient_values(email))
         return values
 
@@ -441,8 +461,7 @@ def _plan(notice: _Notice, rows: list, source: NotificationSource, dtstamp: date
     notification = dict(source=source, dedupe_key=notice.key, body=notice.body, smart_invite_id=reference[:256],
                         invite_id=invite.id if invite is not None and replies else None, outcome=result.outcome,
                         detail=result.detail, received_at=now)
-    return _Plan(result, notification, invite, replies, recipients, history, applied, now, rows,
-                 (notice, source, dtstamp, sequence))
+    return _Plan(result, notification, invite, recipients, history, applied, notice, rows, source, dtstamp, sequence)
 
 
 def _write(plan: _Plan, connection: Connection) -> ApplyResult:
@@ -471,25 +490,28 @@ def _recipients_written(plan: _Plan, connection: Connection) -> _Plan:
     again with it. So a reply that lost the race is recorded as what it turned out to be (older
     than the answer recorded, or to a removed recipient), not as applied, in its history row and
     in the notification's outcome; and the usual write costs no statement more."""
-    emails = sorted(dict.fromkeys(reply.email for reply in plan.applied), key=lambda email: plan.recipients[email].id)
-    lost = [plan.recipients[email].id for email in emails  # in id order: two writers lock rows alike
-            if _UPDATE_RECIPIENT.execute(connection, **plan.recipient_values(email)) == 0]
+    lost = _update_recipients(plan, plan.changed, connection)
     if not lost:
         return plan
     now = {row.id: row for row in (_LOCK_RECIPIENT.first(connection, recipient_id=recipient_id)
                                    for recipient_id in lost) if row is not None}
-    notice, source, dtstamp, sequence = plan.decided
     # The other recipients' rows as first read: they were written as decided from them.
-    again = _plan(notice, [now.get(row.id, row) for row in plan.rows], source, dtstamp, sequence)
-    for email in dict.fromkeys(reply.email for reply in again.applied):
-        if again.recipients[email].id in now and not _UPDATE_RECIPIENT.execute(connection,
-                                                                            **again.recipient_values(email)):
-            raise RuntimeError(f"recipient {again.recipients[email].id} changed while locked")
+    again = plan.again([now.get(row.id, row) for row in plan.rows])
+    # Normally none: the row that refused the reply still does. Unless, between that UPDATE and
+    # the lock, it changed back (a removed recipient invited again): then the reply applies.
+    if _update_recipients(again, [email for email in again.changed if again.recipients[email].id in now], connection):
+        raise RuntimeError("a recipient's row changed while locked")
     again.result.notification_id = plan.result.notification_id
     if (again.result.outcome, again.result.detail) != (plan.result.outcome, plan.result.detail):
         _RECORD_OUTCOME.execute(connection, id=plan.result.notification_id, outcome=again.result.outcome,
                                 detail=again.result.detail)
     return again
+
+
+def _update_recipients(plan: _Plan, emails: list[str], connection: Connection) -> list[int]:
+    """Each recipient's UPDATE; the ids of those it wrote nothing to (no longer as ``plan`` read them)."""
+    return [plan.recipients[email].id for email in emails
+            if _UPDATE_RECIPIENT.execute(connection, **plan.recipient_values(email)) == 0]
 
 
 def write_committed(plan: _Plan, connection: Connection) -> ApplyResult:
@@ -547,7 +569,7 @@ def _one_statement_of(history_rows: int, applied: bool, also=None, usual: bool =
 
     ``usual`` (``_apply_usual``): the invite and recipient are not given but found, by
     ``reference`` and ``email``, and only if the invite has no callback URL and the recipient
-    was neither removed nor answered later (``_IN_ORDER``); nothing is written otherwise. Its
+    was neither removed nor answered later (``_STILL_SO``); nothing is written otherwise. Its
     row then always comes: the notification's id (None for a repeat) and the invite's (None
     when it was not found so). Its recipient's row is locked as it is found: a reply or a
     removal written meanwhile is waited for, and the row checked again as it then is."""
