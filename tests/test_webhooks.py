@@ -616,3 +616,81 @@ def test_a_notification_listing_several_recipients_applies_each(app, client, inv
     assert fresh.version > version
     assert sorted((r.email, r.status) for r in _history(invite)) == [(ANN, RecipientStatus.ACCEPTED),
                                                                     (BOB, RecipientStatus.DECLINED)]
+
+
+def _write_decided_accept():
+    """A reply email's notification written by ``write_committed`` (the one statement for a given
+    invite and recipient, on PostgreSQL), as for a reply email read with others in one batch."""
+    return _written(_decided("accepted", STAMPED))
+
+
+def _webhook_accept(client):
+    response = post(client, single("BOOK-1", ANN, "accepted"))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+@pytest.mark.parametrize("write, callback_url", [
+    (lambda client: _webhook_accept(client)["outcome"], False),
+    (lambda client: _write_decided_accept().outcome, False),
+    (lambda client: _webhook_accept(client)["outcome"], True),
+], ids=["the usual webhook", "a decided reply", "a reply to an invite with a callback URL"])
+def test_on_postgresql_a_reply_and_staff_removing_its_recipient_at_once_do_not_deadlock(app, client, invite, write,
+                                                                                       callback_url):
+    """Staff remove Ann (one flush: the invite's row, then hers) while her acceptance is written.
+    The reply took her row first, then waited for the invite's row (its version), which staff
+    held while waiting for hers: PostgreSQL aborted one of the two after a second (the webhook
+    answered 500, or staff's removal failed). Every writer now takes the invite's row first."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no row locks to wait for")
+    from sqlalchemy import event, text
+
+    if callback_url:
+        _give_a_callback_url(invite)
+    invite_id = invite.id
+    staff_sent: list[str] = []
+    invite_written, outcome = threading.Event(), {}
+
+    def waiting_for_a_lock() -> bool:
+        with db.engine.connect() as watcher:
+            return bool(watcher.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                             " AND datname = current_database()")).scalar())
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if threading.current_thread() is not staff:
+            return
+        staff_sent.append(statement.split(None, 2)[:2])
+        if statement.startswith("UPDATE recipients"):
+            # Staff hold the invite's row: let the reply start, and go on once it waits for a row.
+            invite_written.set()
+            deadline = datetime.now().timestamp() + 10
+            while not waiting_for_a_lock() and datetime.now().timestamp() < deadline:
+                pass
+
+    def remove():
+        try:
+            with app.app_context():
+                fresh = db.session.get(Invite, invite_id)
+                invite_service.remove_recipient(fresh, fresh.recipient(ANN), send_emails=False)
+                outcome["removed"] = True
+        except BaseException as exc:  # raised in the test, below
+            outcome["error"] = exc
+
+    staff = threading.Thread(target=remove)
+    event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        staff.start()
+        assert invite_written.wait(10), "staff's removal never wrote Ann's row"
+        result = write(client)
+        staff.join(10)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)
+    if "error" in outcome:
+        raise outcome["error"]
+
+    assert staff_sent.index(["UPDATE", "invites"]) < staff_sent.index(["UPDATE", "recipients"])
+    assert outcome == {"removed": True}
+    assert result == NotificationOutcome.IGNORED
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.REMOVED
+    assert [(reply.status, reply.applied, reply.note) for reply in _history(invite)] == [
+        (RecipientStatus.ACCEPTED, False, "this recipient was removed from the invite")]
