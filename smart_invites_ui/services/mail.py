@@ -147,8 +147,8 @@ def build_invite_email(
     )
     # Each multipart's boundary: 128 random bits, drawn after every text in the message was
     # written, so none of them can hold it. Left unset, flattening draws one and compiles a
-    # regular expression for it to search the texts with: a third of flattening an invite
-    # email, and each pattern pushes another out of the re module's cache.
+    # regular expression for it to search the texts with: about a quarter of building and
+    # flattening an invite email, and each pattern pushes another out of the re module's cache.
     for part in msg.walk():
         if part.is_multipart():
             part.set_boundary("=_" + secrets.token_hex(16))
