@@ -223,6 +223,15 @@ def statements_sent(app, monkeypatch):
     return during
 
 
+def waiting_for_a_lock(connection) -> bool:
+    """PostgreSQL: whether a session of the test database is waiting for a lock (read on
+    ``connection``, which is then rolled back: a new snapshot each call)."""
+    waiting = bool(connection.execute(text("SELECT count(*) FROM pg_stat_activity"
+                                           " WHERE wait_event_type = 'Lock' AND datname = current_database()")).scalar())
+    connection.rollback()
+    return waiting
+
+
 @pytest.fixture
 def while_held(app):
     """On PostgreSQL, a function that writes ``statement`` in a transaction of its own, runs
@@ -247,13 +256,10 @@ def while_held(app):
             holder.execute(statement)
             thread = threading.Thread(target=act)
             thread.start()
-            waiting = text("SELECT count(*) FROM pg_stat_activity"
-                           " WHERE wait_event_type = 'Lock' AND datname = current_database()")
             deadline = datetime.now() + timedelta(seconds=10)
-            while not watcher.execute(waiting).scalar():
+            while not waiting_for_a_lock(watcher):
                 assert thread.is_alive(), f"the action finished without waiting for the held rows: {outcome}"
                 assert datetime.now() < deadline, "the action never waited for the held rows"
-                watcher.rollback()  # a new snapshot each time
             holder.commit()
             thread.join(10)
             assert not thread.is_alive(), "the action did not finish once the rows were committed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,7 +19,7 @@ from smart_invites_ui.services import api_clients
 from smart_invites_ui.services import invites as invite_service
 from smart_invites_ui.services.callbacks import SIGNATURE_HEADER, sign, verify
 from smart_invites_ui.services.notifications import apply_notification, record_notification
-from tests.conftest import free_port, make_event, make_invite
+from tests.conftest import free_port, make_event, make_invite, waiting_for_a_lock
 
 SECRET = "test-cronofy-secret"  # the app fixture's CRONOFY_CLIENT_SECRETS
 URL = "/webhooks/smart-invites"
@@ -643,18 +644,13 @@ def test_on_postgresql_a_reply_and_staff_removing_its_recipient_at_once_do_not_d
     answered 500, or staff's removal failed). Every writer now takes the invite's row first."""
     if db.engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no row locks to wait for")
-    from sqlalchemy import event, text
+    from sqlalchemy import event
 
     if callback_url:
         _give_a_callback_url(invite)
     invite_id = invite.id
     staff_sent: list[str] = []
     invite_written, outcome = threading.Event(), {}
-
-    def waiting_for_a_lock() -> bool:
-        with db.engine.connect() as watcher:
-            return bool(watcher.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                             " AND datname = current_database()")).scalar())
 
     def before(conn, cursor, statement, parameters, context, executemany):
         if threading.current_thread() is not staff:
@@ -663,9 +659,10 @@ def test_on_postgresql_a_reply_and_staff_removing_its_recipient_at_once_do_not_d
         if statement.startswith("UPDATE recipients"):
             # Staff hold the invite's row: let the reply start, and go on once it waits for a row.
             invite_written.set()
-            deadline = datetime.now().timestamp() + 10
-            while not waiting_for_a_lock() and datetime.now().timestamp() < deadline:
-                pass
+            deadline = time.monotonic() + 10
+            with db.engine.connect() as watcher:
+                while not waiting_for_a_lock(watcher) and time.monotonic() < deadline:
+                    pass
 
     def remove():
         try:

@@ -193,11 +193,16 @@ _IN_ORDER = or_(_R_STAMP.is_(None), _NEW_STAMP.is_(None),  # ``_is_newer``, in S
 
 # What a reply's decision to apply assumed of its recipient's row, checked again where it is written.
 _STILL_SO = (_RECIPIENTS.c.status != RecipientStatus.REMOVED, _IN_ORDER)
-# The rows a reply writes, locked in the order every writer takes them: the invite's, then its
-# recipients'. Staff's changes are one ORM flush, which writes the invite (its version) before its
-# recipients; a reply that locked its recipient first and then waited for the invite's version
-# while staff, holding the invite, waited for that recipient, was a deadlock (one of the two aborted).
-_INVITE_THEN_RECIPIENT = dict(of=[_INVITES, _RECIPIENTS], key_share=True)
+
+
+def _locked(*columns, where):
+    """A reply's recipient joined with its invite, both rows locked in the order every writer takes
+    them: the invite's, then its recipients'. Staff's changes are one ORM flush, which writes the
+    invite (its version) before its recipients; a reply that locked its recipient first and then
+    waited for the invite's version while staff, holding the invite, waited for that recipient,
+    was a deadlock (one of the two aborted)."""
+    return (select(*columns).select_from(_INVITES.join(_RECIPIENTS, _RECIPIENTS.c.invite_id == _INVITES.c.id))
+            .where(*where).with_for_update(of=[_INVITES, _RECIPIENTS], key_share=True))
 
 
 def _update_recipient(recipient_id):
@@ -209,11 +214,8 @@ def _update_recipient(recipient_id):
 
 
 # A recipient's row as applying a reply reads it, read again and locked when the reply's UPDATE found
-# it changed (``_recipients_written``, after the version's UPDATE locked the invite; SQLite has no row
-# locks: its writer holds the database).
-_LOCK_RECIPIENT = PlainSelect(
-    select(*APPLY_COLUMNS).select_from(_INVITES.join(_RECIPIENTS, _RECIPIENTS.c.invite_id == _INVITES.c.id))
-    .where(_RECIPIENTS.c.id == bindparam("recipient_id")).with_for_update(**_INVITE_THEN_RECIPIENT))
+# it changed (``_recipients_written``; SQLite has no row locks: its writer holds the database).
+_LOCK_RECIPIENT = PlainSelect(_locked(*APPLY_COLUMNS, where=[_RECIPIENTS.c.id == bindparam("recipient_id")]))
 _RECORD_OUTCOME = PlainWrite(update(Notification.__table__).where(Notification.__table__.c.id == bindparam("id"))
                              .values(outcome=bindparam("outcome"), detail=bindparam("detail")))
 
@@ -475,7 +477,7 @@ def _write(plan: _Plan, connection: Connection) -> ApplyResult:
     result = plan.recorded(_insert_notification(connection.dialect.name).scalar(connection, **plan.notification))
     if result.notification_id is None or not plan.writes_history:
         return result
-    # The invite's row first (_INVITE_THEN_RECIPIENT); the history changes even when no status does.
+    # The invite's row first (``_locked``); the history changes even when no status does.
     _BUMP_VERSION.execute(connection, invite_id=plan.invite.id, now=plan.now)
     plan = _recipients_written(plan, connection)
     result, invite = plan.result, plan.invite
@@ -583,13 +585,10 @@ def _one_statement_of(history_rows: int, applied: bool, also=None, usual: bool =
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
     if usual:
-        target = (select(_INVITES.c.id.label("invite_id"), _RECIPIENTS.c.id.label("recipient_id"))
-                  .select_from(_INVITES.join(_RECIPIENTS, (_RECIPIENTS.c.invite_id == _INVITES.c.id)
-                                             & (_RECIPIENTS.c.email == bindparam("email"))))
-                  .where(_INVITES.c.smart_invite_id == bindparam("reference"),
-                         func.coalesce(_INVITES.c.callback_url, "") == "",
-                         *_STILL_SO)
-                  .with_for_update(**_INVITE_THEN_RECIPIENT).cte("target"))
+        target = _locked(_INVITES.c.id.label("invite_id"), _RECIPIENTS.c.id.label("recipient_id"),
+                         where=[_INVITES.c.smart_invite_id == bindparam("reference"),
+                                _RECIPIENTS.c.email == bindparam("email"),
+                                func.coalesce(_INVITES.c.callback_url, "") == "", *_STILL_SO]).cte("target")
         invite_id, recipient_id = target.c.invite_id, target.c.recipient_id
     else:
         invite_id = bindparam("invite_id", type_=_INVITES.c.id.type)
@@ -598,10 +597,7 @@ def _one_statement_of(history_rows: int, applied: bool, also=None, usual: bool =
     new = select(*(invite_id if name == "invite_id" else bindparam(name, type_=notifications.c[name].type)
                    for name in _NOTIFICATION_COLUMNS))
     if applied and not usual:
-        target = (select(_RECIPIENTS.c.id)
-                  .select_from(_INVITES.join(_RECIPIENTS, _RECIPIENTS.c.invite_id == _INVITES.c.id))
-                  .where(_RECIPIENTS.c.id == recipient_id, *_STILL_SO)
-                  .with_for_update(**_INVITE_THEN_RECIPIENT).cte("target"))
+        target = _locked(_RECIPIENTS.c.id, where=[_RECIPIENTS.c.id == recipient_id, *_STILL_SO]).cte("target")
         new = new.where(exists(select(target.c.id)))
     notification = (pg_insert(notifications).from_select(_NOTIFICATION_COLUMNS, new)
                     .on_conflict_do_nothing(index_elements=[notifications.c.dedupe_key])
