@@ -80,8 +80,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .plain_sql import init_reads
 
     init_reads(app, engine)
-    # Outermost the proxy headers, so the poll's fast path sees the client's address.
-    app.wsgi_app = ProxyFix(UnchangedPoll(app, app.wsgi_app), x_for=1, x_proto=1, x_host=1, x_port=1)
+    # Outermost the proxy headers, so the fast paths (the unchanged poll, the usual signed
+    # notification) see the client's address.
+    app.wsgi_app = ProxyFix(webhooks.SignedNotifications(app, UnchangedPoll(app, app.wsgi_app)),
+                            x_for=1, x_proto=1, x_host=1, x_port=1)
     return app
 
 

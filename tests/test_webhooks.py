@@ -2,6 +2,7 @@
 and the one path that applies them, ``apply_notification``."""
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -9,7 +10,9 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from flask import request
 from sqlalchemy import func, select
+from werkzeug.test import Client
 
 from smart_invites_ui.domain import InviteSource, RecipientStatus
 from smart_invites_ui.extensions import db
@@ -19,6 +22,7 @@ from smart_invites_ui.services import api_clients
 from smart_invites_ui.services import invites as invite_service
 from smart_invites_ui.services.callbacks import SIGNATURE_HEADER, sign, verify
 from smart_invites_ui.services.notifications import apply_notification, record_notification
+from smart_invites_ui.webhooks import SignedNotifications
 from tests.conftest import free_port, make_event, make_invite, waiting_for_a_lock
 
 SECRET = "test-cronofy-secret"  # the app fixture's CRONOFY_CLIENT_SECRETS
@@ -126,6 +130,97 @@ def test_malformed_json_is_400(app, client, invite, raw):
     assert response.status_code == 400
     assert _count(Reply) == 0
     assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+
+
+# --- the usual delivery, answered before Flask (SignedNotifications) ---------------------------------
+
+
+@pytest.fixture
+def view_calls(app):
+    """The Flask view's calls: the deliveries the WSGI layer left to it."""
+    calls = []
+    view = app.view_functions["webhooks.smart_invites"]
+
+    @functools.wraps(view)  # its name and marks: CSRF exemption, public access
+    def counted(*args, **kwargs):
+        calls.append(request.get_data())
+        return view(*args, **kwargs)
+
+    app.view_functions["webhooks.smart_invites"] = counted
+    yield calls
+    app.view_functions["webhooks.smart_invites"] = view
+
+
+def _flask_only(app) -> Client:
+    """A client of the app without the webhook's WSGI layer: every delivery goes to the view."""
+    layer = app.wsgi_app.app  # ProxyFix(SignedNotifications(...))
+    assert isinstance(layer, SignedNotifications)
+    return Client(layer.wsgi_app, app.response_class)
+
+
+def _answer(response) -> tuple:
+    headers = {name: value for name, value in response.headers.items() if name != "Content-Length"}
+    return response.status, headers, response.get_data()
+
+
+@pytest.mark.parametrize("reference, email, status", [
+    ("BOOK-1", ANN, "accepted"),  # applied
+    ("NO-SUCH-BOOKING", ANN, "accepted"),  # an unknown invite: 202
+    ("BOOK-1", "frontdesk@example.org", "declined"),  # someone not invited: recorded
+])
+def test_the_usual_delivery_is_answered_before_flask_exactly_as_the_view_answers(app, client, invite, view_calls,
+                                                                               reference, email, status):
+    """The WSGI layer answers the usual delivery itself, with the view's status, headers and
+    JSON, byte for byte; a repeat of it (a duplicate) too."""
+    first = json.dumps(single(reference, email, status, comment="first")).encode()
+    second = first.replace(b'"first"', b'"other"')  # the same kind of delivery, not a duplicate
+
+    fast, view = post(client, None, raw=first), post(_flask_only(app), None, raw=second)
+    assert view_calls == [second]  # only the second went to the view
+    assert _answer(fast) == _answer(view)
+    assert int(fast.headers["Content-Length"]) == len(fast.get_data())
+    assert fast.status_code == (202 if reference == "NO-SUCH-BOOKING" else 200)
+
+    again_fast, again_view = post(client, None, raw=second), post(_flask_only(app), None, raw=first)
+    assert again_fast.get_json()["outcome"] == "duplicate"
+    assert _answer(again_fast) == _answer(again_view)
+    assert _count(Notification) == 2
+
+
+def test_what_the_layer_cannot_answer_goes_to_the_view_body_and_all(app, client, invite, view_calls):
+    body = json.dumps(single("BOOK-1", ANN, "accepted")).encode()
+    assert post(client, None, raw=body, signature=sign(body, "wrong")).status_code == 401
+    assert post(client, None, raw=b"{not json").status_code == 400
+    unusable = json.dumps({"notification": {"type": "change"}}).encode()
+    assert post(client, None, raw=unusable).status_code == 400
+    assert client.get(URL).status_code == 405
+    assert view_calls == [body, b"{not json", unusable]  # each with the body as sent
+    assert db.session.scalar(select(Notification.outcome)) == NotificationOutcome.IGNORED  # kept, with the reason
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.PENDING
+
+
+def test_a_delivery_that_fails_to_apply_is_tried_once_more_by_the_view(app, client, invite, view_calls,
+                                                                       monkeypatch, caplog):
+    """Applying is all or nothing, so the view can try again what failed in the layer; should
+    that fail too, the view answers as the app answers any failure (a 500)."""
+    import smart_invites_ui.webhooks as webhooks
+
+    failures = []
+
+    def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("the database went away")
+        return apply_notification(*args, **kwargs)
+
+    monkeypatch.setattr(webhooks, "apply_notification", failing_once)
+    body = json.dumps(single("BOOK-1", ANN, "declined")).encode()
+    response = post(client, None, raw=body)
+    assert response.status_code == 200 and response.get_json()["outcome"] == "applied"
+    assert view_calls == [body]
+    assert "could not be applied" in caplog.text and "the database went away" in caplog.text
+    assert _fresh(invite).recipient(ANN).status == RecipientStatus.DECLINED
+    assert _count(Notification) == 1
 
 
 # --- applying a notification ------------------------------------------------------------------------
