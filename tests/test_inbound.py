@@ -490,8 +490,12 @@ def test_a_message_that_cannot_be_stored_with_its_outcome_applies_nothing(client
         return (insert(table).from_select(["raw"], select(null()).select_from(notification))
                 .returning(table.c.id).cte("message"))
 
+    def refused_on_sqlite(connection, values):  # SQLite's usual path stores it on a connection of its own
+        raise RuntimeError("the disk is full")
+
     monkeypatch.setattr(replies, "_insert_values", fails_once)
     monkeypatch.setattr(replies, "_store_message_too", refused_by_the_database)
+    monkeypatch.setattr(replies, "_store_message", refused_on_sqlite)
     response = post(client, reply_to(invite))
 
     assert response.status_code == 200

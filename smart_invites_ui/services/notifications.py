@@ -336,7 +336,7 @@ def record_notification(
         connection = db.session.connection()  # (the ORM's execute layer cost as much as these statements)
     plan = decide(payload, source=source, raw=raw, dedupe_key=dedupe_key, dtstamp=dtstamp, sequence=sequence,
                   preloaded=preloaded, connection=connection)
-    return _write(plan, connection)
+    return write_plan(plan, connection)
 
 
 @dataclass
@@ -412,7 +412,7 @@ def decide(payload: dict, *, source: NotificationSource, raw: bytes | str | None
            dedupe_key: str | None = None, dtstamp: datetime | None = None, sequence: int | None = None,
            preloaded: Preloaded | None = None, connection: Connection) -> _Plan:
     """Read, on ``connection``, the invite and the recipients the notification names, and decide
-    what it changes: what ``record_notification`` would write (``_write``, or in one
+    what it changes: what ``record_notification`` would write (``write_plan``, or in one
     statement: :func:`in_one_statement`), written by neither yet."""
     return _decide(_Notice.of(payload, source, raw, dedupe_key), connection, source=source, dtstamp=dtstamp,
                    sequence=sequence, preloaded=preloaded)
@@ -472,7 +472,7 @@ def _plan(notice: _Notice, rows: list, source: NotificationSource, dtstamp: date
     return _Plan(result, notification, invite, recipients, history, applied, notice, rows, source, dtstamp, sequence)
 
 
-def _write(plan: _Plan, connection: Connection) -> ApplyResult:
+def write_plan(plan: _Plan, connection: Connection) -> ApplyResult:
     """The plan's writes, one statement each, in the caller's transaction."""
     result = plan.recorded(_insert_notification(connection.dialect.name).scalar(connection, **plan.notification))
     if result.notification_id is None or not plan.writes_history:
@@ -541,17 +541,17 @@ def write_committed(plan: _Plan, connection: Connection) -> ApplyResult:
     if connection.dialect.name != "sqlite":
         connection.execution_options(isolation_level="READ COMMITTED")
     transaction = connection.begin()
-    result = _write(plan, connection)
+    result = write_plan(plan, connection)
     transaction.commit()
     return result
 
 
 def in_one_statement(dialect, plan: _Plan, also=None) -> PlainSelect | None:
-    """PostgreSQL, for the usual notification: all of ``_write`` in one statement, which
-    commits by itself on a connection in autocommit (one round trip where ``_write`` takes six
+    """PostgreSQL, for the usual notification: all of ``write_plan`` in one statement, which
+    commits by itself on a connection in autocommit (one round trip where ``write_plan`` takes six
     with BEGIN and COMMIT). Run it with ``plan.one_statement_values()``; its row is the
     notification's id, and no row when nothing was written: a repeated delivery, or a recipient
-    row no longer as the plan read it (removed, or answered later since), which ``_write``
+    row no longer as the plan read it (removed, or answered later since), which ``write_plan``
     decides again.
 
     ``also``: a function of the notification's CTE returning one more data-modifying CTE with
