@@ -475,13 +475,11 @@ def test_a_message_that_cannot_be_stored_with_its_outcome_applies_nothing(client
     then the message is stored with the error (and can be re-processed)."""
     invite = make_invite()
     insert_values = replies._insert_values
-    calls = []
 
-    def fails_once(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == 1:
+    def refused_with_a_reply(raw, source, values, connection=None):  # every path's INSERT of the message
+        if values["outcome"] != InboundOutcome.ERROR:
             raise RuntimeError("the disk is full")
-        return insert_values(*args, **kwargs)
+        return insert_values(raw, source, values, connection)
 
     def refused_by_the_database(notification):  # PostgreSQL's one statement: its message has no raw bytes
         from sqlalchemy import insert, null
@@ -490,12 +488,8 @@ def test_a_message_that_cannot_be_stored_with_its_outcome_applies_nothing(client
         return (insert(table).from_select(["raw"], select(null()).select_from(notification))
                 .returning(table.c.id).cte("message"))
 
-    def refused_on_sqlite(connection, values):  # SQLite's usual path stores it on a connection of its own
-        raise RuntimeError("the disk is full")
-
-    monkeypatch.setattr(replies, "_insert_values", fails_once)
+    monkeypatch.setattr(replies, "_insert_values", refused_with_a_reply)
     monkeypatch.setattr(replies, "_store_message_too", refused_by_the_database)
-    monkeypatch.setattr(replies, "_store_message", refused_on_sqlite)
     response = post(client, reply_to(invite))
 
     assert response.status_code == 200

@@ -79,7 +79,16 @@ def store_inbound(raw: bytes, source: str, *, claim: bool = False) -> InboundMes
     return db.session.get(InboundMessage, _insert(bytes(raw), source, claim=claim))
 
 
-_INSERT_MESSAGE = insert(InboundMessage.__table__)  # built once; the columns come from the parameters
+# What storing a message writes: every column, each value a parameter named after it (in
+# PostgreSQL's one statement, with "message_" before it). No column default is applied by a plain
+# statement: the model's scalar defaults are given instead (``_MESSAGE_DEFAULTS``), and the time.
+_MESSAGE_COLUMNS = ("raw", "raw_sha256", "source", "message_id", "from_address", "subject", "invite_id", "outcome",
+                    "reason", "received_at", "processed_at", "attempts")
+_MESSAGE_DEFAULTS = {column.name: column.default.arg if column.default is not None and column.default.is_scalar
+                     else None for column in InboundMessage.__table__.c if column.name in _MESSAGE_COLUMNS}
+_INSERT_MESSAGE = PlainSelect(insert(InboundMessage.__table__)
+                              .values({name: bindparam(name) for name in _MESSAGE_COLUMNS})
+                              .returning(InboundMessage.__table__.c.id))
 
 
 def _insert(raw: bytes, source: str, *, claim: bool) -> int:
@@ -94,18 +103,19 @@ def _insert(raw: bytes, source: str, *, claim: bool) -> int:
     return message_id
 
 
-def _insert_values(raw: bytes, source: str, values: dict) -> int:
-    """One INSERT on the session's connection, not the ORM's unit of work: this runs for every
-    message (not committed)."""
-    inserted = db.session.connection().execute(_INSERT_MESSAGE, _message_values(raw, source, values))
-    return inserted.inserted_primary_key[0]
+def _insert_values(raw: bytes, source: str, values: dict, connection=None) -> int:
+    """One INSERT, not the ORM's unit of work (this runs for every message), on ``connection``,
+    else the session's; the new message's id (not committed)."""
+    return _INSERT_MESSAGE.scalar(connection or db.session.connection(), **_message_values(raw, source, values))
 
 
 def _message_values(raw: bytes, source: str, values: dict) -> dict:
-    """A stored message's columns: ``values``, and the raw bytes with their digest and source."""
+    """A stored message's columns (``_MESSAGE_COLUMNS``): ``values``, the raw bytes with their
+    digest and source, and the model's defaults for the rest."""
     if source not in SOURCES:
         raise ValueError(f"unknown inbound source {source!r}")
-    return dict(values, raw=raw, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source)
+    return {**_MESSAGE_DEFAULTS, "received_at": now_utc(), **values,
+            "raw": raw, "raw_sha256": hashlib.sha256(raw).hexdigest(), "source": source}
 
 
 def _store_processed(raw: bytes, source: str, result: _Result) -> tuple[int, _Result]:
@@ -413,31 +423,12 @@ def _told(matched: _Matched, result: ApplyResult) -> _Result:
                    matched.invite.id)
 
 
-# What storing a message writes when its reply is recorded in the same statement: every column,
-# each value a parameter named after it with "message_". No column default is applied there: the
-# model's scalar defaults are given instead (``_MESSAGE_DEFAULTS``).
-_MESSAGE_COLUMNS = ("raw", "raw_sha256", "source", "message_id", "from_address", "subject", "invite_id", "outcome",
-                    "reason", "received_at", "processed_at", "attempts")
-_MESSAGE_DEFAULTS = {column.name: column.default.arg if column.default is not None and column.default.is_scalar
-                     else None for column in InboundMessage.__table__.c if column.name in _MESSAGE_COLUMNS}
-
-
 def _store_message_too(notification):
     """``in_one_statement``'s ``also``: the message INSERTed only if its reply's notification is new."""
     table = InboundMessage.__table__
     values = select(*(bindparam(f"message_{name}", type_=table.c[name].type) for name in _MESSAGE_COLUMNS))
     return (insert(table).from_select(_MESSAGE_COLUMNS, values.select_from(notification))
             .returning(table.c.id).cte("message"))
-
-
-_INSERT_MESSAGE_RETURNING = PlainSelect(
-    insert(InboundMessage.__table__).values({name: bindparam(name) for name in _MESSAGE_COLUMNS})
-    .returning(InboundMessage.__table__.c.id))
-
-
-def _store_message(connection, values: dict) -> int:
-    """SQLite's usual path: INSERT the message with its outcome (``_MESSAGE_COLUMNS``); its id."""
-    return _INSERT_MESSAGE_RETURNING.scalar(connection, **values)
 
 
 def _receive_usual(raw: bytes, source: str, parsed: ParsedMessage) -> Received | None:
@@ -470,10 +461,10 @@ def _receive_usual(raw: bytes, source: str, parsed: ParsedMessage) -> Received |
     return received
 
 
-def _stored_values(raw: bytes, source: str, parsed: ParsedMessage, told: _Result) -> tuple[_Result, dict]:
-    """The message's ``_MESSAGE_COLUMNS`` with ``told`` as its outcome."""
+def _told_values(parsed: ParsedMessage, told: _Result) -> tuple[_Result, dict]:
+    """What the message is stored with: ``told`` as its outcome, the headers read, one attempt."""
     result, values = _outcome_values(replace(told, headers=_parsed_headers(parsed)))
-    return result, _message_values(raw, source, dict(_MESSAGE_DEFAULTS, **values, received_at=now_utc(), attempts=1))
+    return result, dict(values, attempts=1)
 
 
 def _in_one_statement(raw: bytes, source: str, parsed: ParsedMessage, matched: _Matched, plan,
@@ -481,7 +472,8 @@ def _in_one_statement(raw: bytes, source: str, parsed: ParsedMessage, matched: _
     statement = in_one_statement(connection.dialect, plan, also=_store_message_too)
     if statement is None:
         return None
-    result, values = _stored_values(raw, source, parsed, _told(matched, plan.result))
+    result, values = _told_values(parsed, _told(matched, plan.result))
+    values = _message_values(raw, source, values)
     row = statement.first(connection, **plan.one_statement_values(),
                           **{f"message_{name}": values[name] for name in _MESSAGE_COLUMNS})
     if row is None:  # already received: nothing was written
@@ -494,8 +486,8 @@ def _in_one_transaction(raw: bytes, source: str, parsed: ParsedMessage, matched:
     if connection.in_transaction():
         connection.rollback()  # what the reads began (they hold no lock)
     with connection.begin():
-        result, values = _stored_values(raw, source, parsed, _told(matched, write_plan(plan, connection)))
-        message_id = _store_message(connection, values)
+        result, values = _told_values(parsed, _told(matched, write_plan(plan, connection)))
+        message_id = _insert_values(raw, source, values, connection)
     return Received(message_id, result.outcome, result.reason)
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 
 from flask import Blueprint, Flask, current_app, jsonify, request
+from werkzeug.http import HTTP_STATUS_CODES
 
 from ..extensions import csrf, db
 from ..models import Notification, NotificationOutcome, NotificationSource
@@ -122,6 +123,7 @@ class SignedNotifications:
         except Exception:
             log.warning("a webhook notification could not be applied; the view tries once more", exc_info=True)
             return None
-        status = "202 ACCEPTED" if _status(result) == 202 else "200 OK"
-        # As Flask's jsonify writes it (sorted keys, compact, ASCII, a final newline).
-        return status, json.dumps(_answer(result), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        code = _status(result)
+        # As ``jsonify`` writes it: the app's JSON provider, compact, with a final newline.
+        body = self.app.json.dumps(_answer(result), separators=(",", ":")) + "\n"
+        return f"{code} {HTTP_STATUS_CODES[code].upper()}", body.encode()
