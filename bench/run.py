@@ -5,8 +5,9 @@
 One run, side by side:
 
 1. the ceiling: a bare Flask route (``bench/ceiling_app.py``) served by gunicorn with the
-   app's own ``gunicorn.conf.py`` and 2 workers, measured before the app's HTTP measures and
-   again after them (the ratios are to the mean: a VM's speed drifts during a run);
+   app's own ``gunicorn.conf.py`` and 2 workers, measured before the app's first HTTP measure,
+   between each two and after the last; each of the app's figures is divided by the mean of
+   the ceiling measured just before it and just after (a VM's speed drifts during a run);
 2. to 5. the app served exactly as the Procfile says (``gunicorn app:app --config
    gunicorn.conf.py``, ``WEB_CONCURRENCY=2``) over a database seeded with 10,000 invites and
    30,000 recipients through the real import path (``flask import-bookings``): the live
@@ -77,8 +78,11 @@ class Measure:
     met_abs: bool | None = None
     notes: list[str] = field(default_factory=list)
     ok: bool = True  # the correctness checks that go with the figure
+    ceiling: float | None = None  # the ceiling measured beside this figure (HTTP measures)
 
     def ratio(self, ceiling: float) -> float | None:
+        """To the ceiling measured beside this figure, or else to ``ceiling``."""
+        ceiling = self.ceiling or ceiling
         return None if self.value is None or not ceiling else self.value / ceiling
 
     def met(self, ceiling: float) -> bool | None:
@@ -305,6 +309,12 @@ def login(base_url: str) -> str:
 
 
 def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, list[Measure]]:
+    """Measures 1 to 5. The ceiling's server and the app's are both up, and the ceiling is
+    measured before the first of the app's measures, between each two, and after the last:
+    each of the app's figures is divided by the mean of the ceiling measured just before it and
+    just after. A VM's speed drifts over a run (by a quarter within minutes on a shared host),
+    and a ratio should compare the app with the stack at the same moment. Each server is idle
+    while the other is measured."""
     from sqlalchemy import select
 
     from smart_invites_ui.extensions import db as sa
@@ -313,10 +323,6 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
 
     measures: list[Measure] = []
     warmup = max(2, seconds // 5)
-
-    first = measure_ceiling(db, work, seconds, warmup)
-    ceiling = first.rps  # for the progress lines; the table's ratios are to the mean of both measurements
-    log(f"1 ceiling: {first.rps:,.0f} req/s")
 
     app = bench_app(db)
     with app.app_context():
@@ -328,23 +334,43 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
             .order_by(Recipient.id).limit(WEBHOOK_RECIPIENTS)).all()
         sa.session.remove()
 
-    server = Gunicorn(["app:app"], app_env(db), work / "web.log", "/healthz")
+    bare = Gunicorn(["--pythonpath", str(BENCH), "ceiling_app:app"], app_env(db), work / "ceiling.log", "/")
+    server = None
+    ceilings: list[WrkResult] = []
+    ceiling_lines = write_lines(work / "ceiling.txt", ["GET\t/"])
+
+    def ceiling_now() -> float:
+        wrk(bare.url, ceiling_lines, warmup, {})
+        ceilings.append(wrk(bare.url, ceiling_lines, seconds, {}))
+        return ceilings[-1].rps
+
     try:
+        server = Gunicorn(["app:app"], app_env(db), work / "web.log", "/healthz")
+        before = ceiling_now()
+        log(f"1 ceiling: {before:,.0f} req/s")
         cookie = login(server.url)
         headers = {"Cookie": cookie, "User-Agent": USER_AGENT}
 
-        def run(key, name, lines, target, expect, **kw):
+        def measured(m: Measure, result: WrkResult) -> None:
+            """``m``'s ratio is to the ceiling measured right before it and right after."""
+            nonlocal before
+            after = ceiling_now()
+            m.ceiling = (before + after) / 2
+            m.notes.insert(0, f"ceiling beside it {m.ceiling:,.0f} req/s ({before:,.0f} before, {after:,.0f} after)")
+            log(f"{m.key} {m.name}: {result.rps:,.0f} req/s = {m.ratio(0):.2f} x the ceiling beside it; "
+                f"{result.codes}")
+            before = after
+
+        def run(key, name, lines, target, expect):
             wrk(server.url, lines, warmup, headers)
             result = wrk(server.url, lines, seconds, headers)
-            m = Measure(key, name, result.rps, target_ratio=target, **kw)
-            m.notes.append(f"p99 {latency(result.output)}")
+            m = Measure(key, name, result.rps, target_ratio=target, notes=[f"p99 {latency(result.output)}"])
             unexpected = {c: n for c, n in result.codes.items() if c != expect}
             if unexpected or result.socket_errors:
                 m.ok = False
                 m.notes.append(f"unexpected answers {unexpected} {result.socket_errors}".strip())
             measures.append(m)
-            log(f"{key} {name}: {result.rps:,.0f} req/s = {result.rps / ceiling:.2f} x ceiling; {result.codes}")
-            return result
+            measured(m, result)
 
         run("2", "live poll, nothing changed (204)",
             write_lines(work / "poll-same.txt", [f"GET\t/invites/{i}/live?v={v}" for i, v in polled]), 0.5, 204)
@@ -353,7 +379,7 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
         run("4", "invites list, first page of 10,000", write_lines(work / "list.txt", ["GET\t/invites"]), 0.1, 200)
 
         # Webhooks: every request a distinct signed notification, made beforehand (wrk cannot sign).
-        count = max(20_000, int(ceiling * seconds * 2.5))
+        count = max(20_000, int(max(c.rps for c in ceilings) * seconds * 2.5))
         bodies = []
         for k in range(count):
             reference, email, _ = targets[k % len(targets)]
@@ -375,32 +401,22 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
         if result.wrapped:
             m.ok = False
             m.notes.append(f"ran out of the {count:,} prepared notifications (repeats were sent)")
-        log(f"5 webhooks: {result.rps:,.0f} req/s = {result.rps / ceiling:.2f} x ceiling; {result.codes}")
+        measured(m, result)
     finally:
-        server.stop()
+        for gunicorn in (server, bare):
+            if gunicorn is not None:
+                gunicorn.stop()
     check_webhooks(db, m, result, targets)
     measures.append(m)
-    # The ceiling again, after the app's measures: a VM's speed drifts over a run (by a quarter
-    # within minutes on a shared host), and the ratios should not hang on one 10-second sample.
-    last = measure_ceiling(db, work, seconds, warmup)
-    ceiling = (first.rps + last.rps) / 2
-    measures.insert(0, Measure("1", "bare Flask route (the ceiling)", ceiling,
-                               notes=[f"mean of {first.rps:,.0f} req/s before the app's measures and "
-                                      f"{last.rps:,.0f} after", f"p99 {latency(first.output)} / {latency(last.output)}"],
-                               ok=first.non_2xx == last.non_2xx == 0))
-    log(f"1 ceiling again: {last.rps:,.0f} req/s; the ratios are to their mean, {ceiling:,.0f}")
+    ceiling = sum(c.rps for c in ceilings) / len(ceilings)
+    measures.insert(0, Measure("1", "bare Flask route (the ceiling)", ceiling, ceiling=ceiling,
+                               notes=[f"mean of {len(ceilings)} measures, one before, between and after the "
+                                      f"app's: {', '.join(f'{c.rps:,.0f}' for c in ceilings)} req/s",
+                                      f"p99 {' / '.join(latency(c.output) for c in ceilings)}"],
+                               ok=all(c.non_2xx == 0 and not c.socket_errors for c in ceilings)))
+    log(f"1 ceiling, mean of {len(ceilings)} measures: {ceiling:,.0f} req/s "
+        f"({min(c.rps for c in ceilings):,.0f}-{max(c.rps for c in ceilings):,.0f})")
     return ceiling, measures
-
-
-def measure_ceiling(db: Database, work: Path, seconds: int, warmup: int) -> WrkResult:
-    """Measure 1: a bare Flask route (``bench/ceiling_app.py``) served as the app is."""
-    server = Gunicorn(["--pythonpath", str(BENCH), "ceiling_app:app"], app_env(db), work / "ceiling.log", "/")
-    try:
-        lines = write_lines(work / "ceiling.txt", ["GET\t/"])
-        wrk(server.url, lines, warmup, {})
-        return wrk(server.url, lines, seconds, {})
-    finally:
-        server.stop()
 
 
 def check_webhooks(db: Database, m: Measure, result: WrkResult, targets) -> None:
