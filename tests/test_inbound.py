@@ -470,6 +470,43 @@ def test_on_postgresql_a_reply_email_is_two_statements_and_no_transaction(client
     assert [m.outcome for m in stored()] == [InboundOutcome.APPLIED, InboundOutcome.DUPLICATE]
 
 
+def test_on_postgresql_a_reply_the_one_statement_cannot_take_is_read_once(client, inbound, monkeypatch):
+    """A reply to an invite with a callback URL (every invite an API client made with one), or
+    the same email again: the one statement cannot take it, and it is then recorded in one
+    transaction on the same connection, from what was read, as on SQLite; the invite is not found
+    a second time through the ORM session, nor the reply decided again."""
+    import psycopg
+
+    from smart_invites_ui.services import notifications
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the one statement is PostgreSQL's")
+    invite = invite_service.create_invite(
+        event=make_event(), recipients=[invite_service.NewRecipient("ann@example.org")],
+        callback_url="https://example.org/callbacks")
+    raw, decided, found = reply_to(invite), [], []
+    decide = notifications.decide
+    monkeypatch.setattr(replies, "decide", lambda *args, **kwargs: decided.append(1) or decide(*args, **kwargs))
+    execute = psycopg.Cursor.execute
+
+    def noted(cursor, query, *args, **kwargs):
+        if str(query).startswith("SELECT invites.uid, invites.reply_token"):
+            found.append(1)
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", noted)
+    assert post(client, raw).json["outcome"] == "applied"
+    assert (len(found), len(decided)) == (1, 1)
+    assert post(client, raw).json["outcome"] == "duplicate"
+    assert (len(found), len(decided)) == (2, 2)
+
+    assert [m.outcome for m in stored()] == [InboundOutcome.APPLIED, InboundOutcome.DUPLICATE]
+    assert [m.attempts for m in stored()] == [1, 1]
+    assert fresh(invite).recipient("ann@example.org").status == RecipientStatus.ACCEPTED
+    callbacks = db.session.scalars(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.CALLBACK)).all()
+    assert len(callbacks) == 1  # queued with the reply, in its transaction; none for the duplicate
+
+
 def test_a_message_that_cannot_be_stored_with_its_outcome_applies_nothing(client, inbound, monkeypatch):
     """Storing the message fails after its reply was recorded: the reply is rolled back with it,
     then the message is stored with the error (and can be re-processed)."""

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from collections import namedtuple
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -526,9 +527,7 @@ def _update_recipients(plan: _Plan, emails: list[str], connection: Connection) -
 def write_committed(plan: _Plan, connection: Connection) -> ApplyResult:
     """Write ``plan`` (``decide`` made it on ``connection``) and commit: on PostgreSQL in one
     statement where ``in_one_statement`` allows, on a connection in autocommit; else in a
-    transaction of its own, at READ COMMITTED on a database server. What ``decide``'s reads
-    began on the connection (SQLAlchemy begins a transaction at a Core execute, and a server
-    connection's isolation level cannot change inside one) held no lock: it is ended first."""
+    transaction of its own (``committed``)."""
     one = in_one_statement(connection.dialect, plan)
     if one is not None:
         notification_id = one.scalar(connection, **plan.one_statement_values())
@@ -536,14 +535,22 @@ def write_committed(plan: _Plan, connection: Connection) -> ApplyResult:
             return plan.recorded(notification_id)
         # Nothing was written: a repeated delivery, or the recipient's row changed since it was
         # read (the statement's guard). The transaction below tells which, and decides again.
+    with committed(connection):
+        return write_plan(plan, connection)
+
+
+@contextmanager
+def committed(connection: Connection):
+    """A transaction of its own on ``connection`` (one ``decide`` read on), committed at the end,
+    rolled back on an error; at READ COMMITTED on a database server. What the reads began on the
+    connection (SQLAlchemy begins a transaction at a Core execute, and a server connection's
+    isolation level cannot change inside one) held no lock: it is ended first."""
     if connection.in_transaction():
         connection.rollback()
     if connection.dialect.name != "sqlite":
         connection.execution_options(isolation_level="READ COMMITTED")
-    transaction = connection.begin()
-    result = write_plan(plan, connection)
-    transaction.commit()
-    return result
+    with connection.begin():
+        yield connection
 
 
 def in_one_statement(dialect, plan: _Plan, also=None) -> PlainSelect | None:

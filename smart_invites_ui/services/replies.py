@@ -32,7 +32,7 @@ from ..models import (InboundMessage, InboundOutcome, Invite, NotificationOutcom
                       now_utc)
 from ..plain_sql import PlainSelect, read_engine
 from .itip import ParsedMessage, ParsedReply, ParseError, build_reply_email, parse_message
-from .notifications import (APPLY_COLUMNS, ApplyResult, Preloaded, decide, in_one_statement,
+from .notifications import (APPLY_COLUMNS, ApplyResult, Preloaded, committed, decide, in_one_statement,
                             record_notification, recipients_named, write_plan)
 
 log = logging.getLogger(__name__)
@@ -437,26 +437,26 @@ def _receive_usual(raw: bytes, source: str, parsed: ParsedMessage) -> Received |
     work and transaction bookkeeping cost a reply email more than its statements (about a third
     of storing and applying one on SQLite):
 
-    - PostgreSQL: the invite read, then the reply recorded and the message stored in one
-      statement, which commits by itself: two round trips where the session's transaction took
-      eight. A message that statement cannot take (a repeat, say) writes nothing there.
-    - SQLite: the invite read, then the reply recorded and the message stored with its outcome
-      (a repeat's included) in one transaction.
+    The invite read, then, as ``write_committed`` writes a webhook's notification:
+
+    - PostgreSQL: the reply recorded and the message stored in one statement, which commits by
+      itself: two round trips where the session's transaction took eight;
+    - else (SQLite; or a message that statement cannot take: a callback to queue, a repeat, a
+      recipient changed since read) the reply recorded and the message stored with its outcome
+      in one transaction, from what was read.
 
     None, having written nothing, for any other message, which ``receive`` then handles as usual."""
     if len(parsed.replies) != 1 or parsed.replies[0].method not in _CHANGING_METHODS:
         return None
-    engine = read_engine()
-    with engine.connect() as connection:  # on PostgreSQL in autocommit; closed on an error (rolled back)
+    with read_engine().connect() as connection:  # on PostgreSQL in autocommit; closed on an error (rolled back)
         matched = _match(parsed, parsed.replies[0], _identity(parsed, raw), connection)
         if isinstance(matched, _Result):
             return None
         plan = decide(matched.payload, connection=connection, **matched.options)
-        if engine.dialect.name == "postgresql":
-            received = _in_one_statement(raw, source, parsed, matched, plan, connection)
-        else:
+        received = _in_one_statement(raw, source, parsed, matched, plan, connection)
+        if received is None:
             received = _in_one_transaction(raw, source, parsed, matched, plan, connection)
-    if received is not None and db.session.registry.has():
+    if db.session.registry.has():
         db.session.expire_all()  # as a commit of the session's own would have
     return received
 
@@ -469,6 +469,7 @@ def _told_values(parsed: ParsedMessage, told: _Result) -> tuple[_Result, dict]:
 
 def _in_one_statement(raw: bytes, source: str, parsed: ParsedMessage, matched: _Matched, plan,
                       connection) -> Received | None:
+    """PostgreSQL's one statement; None, having written nothing, where it does not apply."""
     statement = in_one_statement(connection.dialect, plan, also=_store_message_too)
     if statement is None:
         return None
@@ -483,9 +484,7 @@ def _in_one_statement(raw: bytes, source: str, parsed: ParsedMessage, matched: _
 
 def _in_one_transaction(raw: bytes, source: str, parsed: ParsedMessage, matched: _Matched, plan,
                         connection) -> Received:
-    if connection.in_transaction():
-        connection.rollback()  # what the reads began (they hold no lock)
-    with connection.begin():
+    with committed(connection):
         result, values = _told_values(parsed, _told(matched, write_plan(plan, connection)))
         message_id = _insert_values(raw, source, values, connection)
     return Received(message_id, result.outcome, result.reason)
