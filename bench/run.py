@@ -357,7 +357,7 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
             after = ceiling_now()
             m.ceiling = (before + after) / 2
             m.notes.insert(0, f"ceiling beside it {m.ceiling:,.0f} req/s ({before:,.0f} before, {after:,.0f} after)")
-            log(f"{m.key} {m.name}: {result.rps:,.0f} req/s = {m.ratio(0):.2f} x the ceiling beside it; "
+            log(f"{m.key} {m.name}: {result.rps:,.0f} req/s = {m.ratio(m.ceiling):.2f} x the ceiling beside it; "
                 f"{result.codes}")
             before = after
 
