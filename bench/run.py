@@ -19,6 +19,8 @@ One run, side by side:
    what ``POST /inbound/email`` does).
 
 HTTP load comes from ``wrk`` on loopback, bounded in time (2 threads, 32 connections).
+Each HTTP measure's notes say where the CPU time went, per request: the server's processes,
+PostgreSQL's (when it runs on this machine) and wrk's (``CpuPerRequest``).
 Each HTTP figure is divided by the ceiling's, so the ratios hold on any machine (SPEC §7).
 The table is printed and appended to ``bench/results/<date>-<database>.md``.
 
@@ -132,6 +134,15 @@ def _driver_url(url: str) -> str:
     return database_url(url, "/tmp")
 
 
+def db_on_this_machine(db: Database) -> bool:
+    """Whether the PostgreSQL server runs here (loopback or a local socket), so that its
+    processes' CPU time can be read."""
+    from sqlalchemy.engine import make_url
+
+    host = make_url(db.url).host or make_url(db.url).query.get("host") or ""
+    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+
 def server_version(db: Database) -> str:
     if db.kind == "sqlite":
         import sqlite3
@@ -222,6 +233,7 @@ class WrkResult:
     wrapped: bool
     socket_errors: str
     output: str
+    cpu_s: float = 0.0  # wrk's own CPU time (user + system)
 
     @property
     def non_2xx(self) -> int:
@@ -234,7 +246,9 @@ def wrk(url: str, lines: Path, seconds: int, headers: dict[str, str]) -> WrkResu
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     command += [url, "--", str(lines), str(WRK_THREADS)]
+    before = _children_cpu_s()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu_s = _children_cpu_s() - before  # wrk is the only child that ends meanwhile
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     threads = json.loads(re.search(r"BENCH-THREADS (.*)", output).group(1))
     codes: dict[int, int] = {}
@@ -243,7 +257,70 @@ def wrk(url: str, lines: Path, seconds: int, headers: dict[str, str]) -> WrkResu
             codes[int(code)] = codes.get(int(code), 0) + n
     errors = re.search(r"Socket errors: (.*)", output)
     return WrkResult(rps, codes, [t["issued"] for t in sorted(threads, key=lambda t: t["tid"])],
-                     any(t["wrapped"] for t in threads), errors.group(1) if errors else "", output)
+                     any(t["wrapped"] for t in threads), errors.group(1) if errors else "", output, cpu_s)
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------- CPU per request
+
+
+def _process_cpu() -> dict[int, tuple[str, int, int]]:
+    """Every process this machine shows: pid -> (command name, parent pid, CPU clock ticks)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        found[int(entry)] = (name, int(rest[1]), int(rest[11]) + int(rest[12]))  # ppid, utime + stime
+    return found
+
+
+class CpuPerRequest:
+    """Where an HTTP measure's CPU time went, per request answered: the server under load
+    (gunicorn's master and workers), the database server when it runs on this machine (every
+    PostgreSQL process: the connections' backends, the WAL writer and the rest), and wrk.
+    Two vCPUs run all three at once, so the ratio to the ceiling is close to the ceiling's
+    CPU per request over the app's, and PostgreSQL's share is in the app's."""
+
+    def __init__(self, server: "Gunicorn", database: bool):
+        self.server, self.database = server, database
+        self.before = _process_cpu() if os.path.isdir("/proc") else None
+
+    def _ticks(self, processes: dict) -> tuple[int, int]:
+        master = self.server.process.pid
+        server = sum(t for pid, (_, ppid, t) in processes.items() if pid == master or ppid == master)
+        database = sum(t for name, _, t in processes.values() if name.startswith("postgres")) if self.database else 0
+        return server, database
+
+    def done(self, result: WrkResult) -> dict[str, float]:
+        """Microseconds of CPU time per request answered, by side (nothing without /proc)."""
+        answered = sum(result.codes.values())
+        if self.before is None or not answered:
+            return {}
+        after = _process_cpu()
+        # A process that ended meanwhile is left out of both; one that started counts from 0.
+        server, database = (b - a for b, a in zip(self._ticks(after), self._ticks(
+            {pid: found for pid, found in self.before.items() if pid in after})))
+        per = 1e6 / os.sysconf("SC_CLK_TCK") / answered
+        spent = {"server": server * per}
+        if self.database:
+            spent["PostgreSQL"] = database * per
+        spent["wrk"] = result.cpu_s * 1e6 / answered
+        return spent
+
+
+def cpu_note(spent: dict[str, float], prefix: str = "CPU per request") -> str:
+    return f"{prefix}: " + ", ".join(f"{side} {us:,.0f} us" for side, us in spent.items()) if spent else ""
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -339,15 +416,26 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
     ceilings: list[WrkResult] = []
     ceiling_lines = write_lines(work / "ceiling.txt", ["GET\t/"])
 
+    database_here = db.kind == "postgresql" and db_on_this_machine(db)
+    ceiling_cpu: list[dict[str, float]] = []
+
+    def measure_load(gunicorn: Gunicorn, lines: Path, headers: dict[str, str]) -> tuple[WrkResult, dict]:
+        """``seconds`` of load on ``gunicorn``; with where its CPU time went, per request."""
+        cpu = CpuPerRequest(gunicorn, database_here)
+        result = wrk(gunicorn.url, lines, seconds, headers)
+        return result, cpu.done(result)
+
     def ceiling_now() -> float:
         wrk(bare.url, ceiling_lines, warmup, {})
-        ceilings.append(wrk(bare.url, ceiling_lines, seconds, {}))
-        return ceilings[-1].rps
+        result, cpu = measure_load(bare, ceiling_lines, {})
+        ceilings.append(result)
+        ceiling_cpu.append(cpu)
+        return result.rps
 
     try:
         server = Gunicorn(["app:app"], app_env(db), work / "web.log", "/healthz")
         before = ceiling_now()
-        log(f"1 ceiling: {before:,.0f} req/s")
+        log(f"1 ceiling: {before:,.0f} req/s; {cpu_note(ceiling_cpu[-1])}")
         cookie = login(server.url)
         headers = {"Cookie": cookie, "User-Agent": USER_AGENT}
 
@@ -357,14 +445,16 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
             after = ceiling_now()
             m.ceiling = (before + after) / 2
             m.notes.insert(0, f"ceiling beside it {m.ceiling:,.0f} req/s ({before:,.0f} before, {after:,.0f} after)")
+            cpu = next((note for note in m.notes if note.startswith("CPU per request")), "")
             log(f"{m.key} {m.name}: {result.rps:,.0f} req/s = {m.ratio(m.ceiling):.2f} x the ceiling beside it; "
-                f"{result.codes}")
+                f"{result.codes}; {cpu}")
             before = after
 
         def run(key, name, lines, target, expect):
             wrk(server.url, lines, warmup, headers)
-            result = wrk(server.url, lines, seconds, headers)
-            m = Measure(key, name, result.rps, target_ratio=target, notes=[f"p99 {latency(result.output)}"])
+            result, cpu = measure_load(server, lines, headers)
+            m = Measure(key, name, result.rps, target_ratio=target,
+                        notes=[f"p99 {latency(result.output)}", cpu_note(cpu)])
             unexpected = {c: n for c, n in result.codes.items() if c != expect}
             if unexpected or result.socket_errors:
                 m.ok = False
@@ -392,9 +482,9 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
                               separators=(",", ":"))
             bodies.append(f"POST\t/webhooks/smart-invites\t{sign(body.encode(), SECRET)}\t{body}")
         lines = write_lines(work / "webhooks.txt", bodies)
-        result = wrk(server.url, lines, seconds, {"User-Agent": USER_AGENT})
+        result, cpu = measure_load(server, lines, {"User-Agent": USER_AGENT})
         m = Measure("5", "signed webhook, distinct notifications", result.rps, target_ratio=0.25,
-                    notes=[f"p99 {latency(result.output)}"])
+                    notes=[f"p99 {latency(result.output)}", cpu_note(cpu)])
         if result.non_2xx or result.socket_errors:
             m.ok = False
             m.notes.append(f"non-2xx {result.non_2xx} {result.codes} {result.socket_errors}".strip())
@@ -412,7 +502,10 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
     measures.insert(0, Measure("1", "bare Flask route (the ceiling)", ceiling, ceiling=ceiling,
                                notes=[f"mean of {len(ceilings)} measures, one before, between and after the "
                                       f"app's: {', '.join(f'{c.rps:,.0f}' for c in ceilings)} req/s",
-                                      f"p99 {' / '.join(latency(c.output) for c in ceilings)}"],
+                                      f"p99 {' / '.join(latency(c.output) for c in ceilings)}",
+                                      cpu_note({side: sum(c.get(side, 0) for c in ceiling_cpu) / len(ceiling_cpu)
+                                                for side in ceiling_cpu[0]}, "CPU per request, mean of the 5")
+                                      if ceiling_cpu[0] else ""],
                                ok=all(c.non_2xx == 0 and not c.socket_errors for c in ceilings)))
     log(f"1 ceiling, mean of {len(ceilings)} measures: {ceiling:,.0f} req/s "
         f"({min(c.rps for c in ceilings):,.0f}-{max(c.rps for c in ceilings):,.0f})")
@@ -661,7 +754,7 @@ def table(ceiling: float, measures: list[Measure]) -> list[str]:
         verdict = "-" if m.key == "1" and m.ok else ("yes" if met else "NO")
         figure = "failed" if m.value is None else f"{m.value:,.0f} {m.unit}"
         lines.append(f"| {m.key} | {m.name} | {figure} | {'' if ratio is None else f'{ratio:.2f}'} | {target} | "
-                     f"{verdict} | {'; '.join(m.notes)} |")
+                     f"{verdict} | {'; '.join(note for note in m.notes if note)} |")
     return lines
 
 
