@@ -439,15 +439,14 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
         cookie = login(server.url)
         headers = {"Cookie": cookie, "User-Agent": USER_AGENT}
 
-        def measured(m: Measure, result: WrkResult) -> None:
+        def measured(m: Measure, result: WrkResult, cpu: dict[str, float]) -> None:
             """``m``'s ratio is to the ceiling measured right before it and right after."""
             nonlocal before
             after = ceiling_now()
             m.ceiling = (before + after) / 2
             m.notes.insert(0, f"ceiling beside it {m.ceiling:,.0f} req/s ({before:,.0f} before, {after:,.0f} after)")
-            cpu = next((note for note in m.notes if note.startswith("CPU per request")), "")
             log(f"{m.key} {m.name}: {result.rps:,.0f} req/s = {m.ratio(m.ceiling):.2f} x the ceiling beside it; "
-                f"{result.codes}; {cpu}")
+                f"{result.codes}; {cpu_note(cpu)}")
             before = after
 
         def run(key, name, lines, target, expect):
@@ -460,7 +459,7 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
                 m.ok = False
                 m.notes.append(f"unexpected answers {unexpected} {result.socket_errors}".strip())
             measures.append(m)
-            measured(m, result)
+            measured(m, result, cpu)
 
         run("2", "live poll, nothing changed (204)",
             write_lines(work / "poll-same.txt", [f"GET\t/invites/{i}/live?v={v}" for i, v in polled]), 0.5, 204)
@@ -491,7 +490,7 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
         if result.wrapped:
             m.ok = False
             m.notes.append(f"ran out of the {count:,} prepared notifications (repeats were sent)")
-        measured(m, result)
+        measured(m, result, cpu)
     finally:
         for gunicorn in (server, bare):
             if gunicorn is not None:
@@ -504,7 +503,8 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
                                       f"app's: {', '.join(f'{c.rps:,.0f}' for c in ceilings)} req/s",
                                       f"p99 {' / '.join(latency(c.output) for c in ceilings)}",
                                       cpu_note({side: sum(c.get(side, 0) for c in ceiling_cpu) / len(ceiling_cpu)
-                                                for side in ceiling_cpu[0]}, "CPU per request, mean of the 5")
+                                                for side in ceiling_cpu[0]},
+                                               f"CPU per request, mean of the {len(ceiling_cpu)}")
                                       if ceiling_cpu[0] else ""],
                                ok=all(c.non_2xx == 0 and not c.socket_errors for c in ceilings)))
     log(f"1 ceiling, mean of {len(ceilings)} measures: {ceiling:,.0f} req/s "
