@@ -139,7 +139,8 @@ def db_on_this_machine(db: Database) -> bool:
     processes' CPU time can be read."""
     from sqlalchemy.engine import make_url
 
-    host = make_url(db.url).host or make_url(db.url).query.get("host") or ""
+    url = make_url(db.url)
+    host = url.host or url.query.get("host") or ""
     return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
 
 
@@ -234,6 +235,7 @@ class WrkResult:
     socket_errors: str
     output: str
     cpu_s: float = 0.0  # wrk's own CPU time (user + system)
+    cpu_per_request: dict[str, float] = field(default_factory=dict)  # by side, when measured (``CpuPerRequest``)
 
     @property
     def non_2xx(self) -> int:
@@ -317,6 +319,12 @@ class CpuPerRequest:
             spent["PostgreSQL"] = database * per
         spent["wrk"] = result.cpu_s * 1e6 / answered
         return spent
+
+
+def mean_cpu(results: list[WrkResult]) -> dict[str, float]:
+    """The mean of several measures' CPU per request, side by side."""
+    return {side: sum(r.cpu_per_request.get(side, 0) for r in results) / len(results)
+            for side in results[0].cpu_per_request}
 
 
 def cpu_note(spent: dict[str, float], prefix: str = "CPU per request") -> str:
@@ -417,49 +425,47 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
     ceiling_lines = write_lines(work / "ceiling.txt", ["GET\t/"])
 
     database_here = db.kind == "postgresql" and db_on_this_machine(db)
-    ceiling_cpu: list[dict[str, float]] = []
 
-    def measure_load(gunicorn: Gunicorn, lines: Path, headers: dict[str, str]) -> tuple[WrkResult, dict]:
-        """``seconds`` of load on ``gunicorn``; with where its CPU time went, per request."""
-        cpu = CpuPerRequest(gunicorn, database_here)
+    def measure_load(gunicorn: Gunicorn, lines: Path, headers: dict[str, str]) -> WrkResult:
+        """``seconds`` of load on ``gunicorn``, with where its CPU time went, per request."""
+        meter = CpuPerRequest(gunicorn, database_here)
         result = wrk(gunicorn.url, lines, seconds, headers)
-        return result, cpu.done(result)
+        result.cpu_per_request = meter.done(result)
+        return result
 
     def ceiling_now() -> float:
         wrk(bare.url, ceiling_lines, warmup, {})
-        result, cpu = measure_load(bare, ceiling_lines, {})
-        ceilings.append(result)
-        ceiling_cpu.append(cpu)
-        return result.rps
+        ceilings.append(measure_load(bare, ceiling_lines, {}))
+        return ceilings[-1].rps
 
     try:
         server = Gunicorn(["app:app"], app_env(db), work / "web.log", "/healthz")
         before = ceiling_now()
-        log(f"1 ceiling: {before:,.0f} req/s; {cpu_note(ceiling_cpu[-1])}")
+        log(f"1 ceiling: {before:,.0f} req/s; {cpu_note(ceilings[-1].cpu_per_request)}")
         cookie = login(server.url)
         headers = {"Cookie": cookie, "User-Agent": USER_AGENT}
 
-        def measured(m: Measure, result: WrkResult, cpu: dict[str, float]) -> None:
+        def measured(m: Measure, result: WrkResult) -> None:
             """``m``'s ratio is to the ceiling measured right before it and right after."""
             nonlocal before
             after = ceiling_now()
             m.ceiling = (before + after) / 2
             m.notes.insert(0, f"ceiling beside it {m.ceiling:,.0f} req/s ({before:,.0f} before, {after:,.0f} after)")
             log(f"{m.key} {m.name}: {result.rps:,.0f} req/s = {m.ratio(m.ceiling):.2f} x the ceiling beside it; "
-                f"{result.codes}; {cpu_note(cpu)}")
+                f"{result.codes}; {cpu_note(result.cpu_per_request)}")
             before = after
 
         def run(key, name, lines, target, expect):
             wrk(server.url, lines, warmup, headers)
-            result, cpu = measure_load(server, lines, headers)
+            result = measure_load(server, lines, headers)
             m = Measure(key, name, result.rps, target_ratio=target,
-                        notes=[f"p99 {latency(result.output)}", cpu_note(cpu)])
+                        notes=[f"p99 {latency(result.output)}", cpu_note(result.cpu_per_request)])
             unexpected = {c: n for c, n in result.codes.items() if c != expect}
             if unexpected or result.socket_errors:
                 m.ok = False
                 m.notes.append(f"unexpected answers {unexpected} {result.socket_errors}".strip())
             measures.append(m)
-            measured(m, result, cpu)
+            measured(m, result)
 
         run("2", "live poll, nothing changed (204)",
             write_lines(work / "poll-same.txt", [f"GET\t/invites/{i}/live?v={v}" for i, v in polled]), 0.5, 204)
@@ -481,16 +487,16 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
                               separators=(",", ":"))
             bodies.append(f"POST\t/webhooks/smart-invites\t{sign(body.encode(), SECRET)}\t{body}")
         lines = write_lines(work / "webhooks.txt", bodies)
-        result, cpu = measure_load(server, lines, {"User-Agent": USER_AGENT})
+        result = measure_load(server, lines, {"User-Agent": USER_AGENT})
         m = Measure("5", "signed webhook, distinct notifications", result.rps, target_ratio=0.25,
-                    notes=[f"p99 {latency(result.output)}", cpu_note(cpu)])
+                    notes=[f"p99 {latency(result.output)}", cpu_note(result.cpu_per_request)])
         if result.non_2xx or result.socket_errors:
             m.ok = False
             m.notes.append(f"non-2xx {result.non_2xx} {result.codes} {result.socket_errors}".strip())
         if result.wrapped:
             m.ok = False
             m.notes.append(f"ran out of the {count:,} prepared notifications (repeats were sent)")
-        measured(m, result, cpu)
+        measured(m, result)
     finally:
         for gunicorn in (server, bare):
             if gunicorn is not None:
@@ -502,10 +508,7 @@ def http_measures(db: Database, work: Path, seconds: int, log) -> tuple[float, l
                                notes=[f"mean of {len(ceilings)} measures, one before, between and after the "
                                       f"app's: {', '.join(f'{c.rps:,.0f}' for c in ceilings)} req/s",
                                       f"p99 {' / '.join(latency(c.output) for c in ceilings)}",
-                                      cpu_note({side: sum(c.get(side, 0) for c in ceiling_cpu) / len(ceiling_cpu)
-                                                for side in ceiling_cpu[0]},
-                                               f"CPU per request, mean of the {len(ceiling_cpu)}")
-                                      if ceiling_cpu[0] else ""],
+                                      cpu_note(mean_cpu(ceilings), f"CPU per request, mean of the {len(ceilings)}")],
                                ok=all(c.non_2xx == 0 and not c.socket_errors for c in ceilings)))
     log(f"1 ceiling, mean of {len(ceilings)} measures: {ceiling:,.0f} req/s "
         f"({min(c.rps for c in ceilings):,.0f}-{max(c.rps for c in ceilings):,.0f})")
